@@ -1,0 +1,43 @@
+//! Authorize: may this key use this route? Scopes (all of), org binding and the
+//! key's own restrictions. Pure.
+
+use http::Method;
+
+use super::rejection::Rejection;
+use super::route::Matched;
+use crate::keys::KeyRecord;
+
+/// Checks `key` against the matched route and method.
+///
+/// # Errors
+/// `insufficient_scope` (naming every missing scope), `org_mismatch` (also for keys
+/// without an org on org-bound routes) or `key_restricted`.
+pub fn check(key: &KeyRecord, matched: &Matched<'_, '_>, method: &Method) -> Result<(), Rejection> {
+    let route = matched.route;
+    if !route.scopes.iter().all(|s| key.has_scope(s)) {
+        let missing = route
+            .scopes
+            .iter()
+            .filter(|s| !key.has_scope(s))
+            .cloned()
+            .collect();
+        return Err(Rejection::InsufficientScope { missing });
+    }
+    if let Some(org) = &matched.org
+        && key.org_id.as_deref() != Some(org.as_ref())
+    {
+        return Err(Rejection::OrgMismatch);
+    }
+    let restrictions = &key.restrictions;
+    if restrictions.read_only && !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS) {
+        return Err(Rejection::KeyRestricted {
+            reason: "the key is read-only",
+        });
+    }
+    if !restrictions.routes.is_empty() && !restrictions.routes.iter().any(|r| *r == route.name) {
+        return Err(Rejection::KeyRestricted {
+            reason: "the key may not use this route",
+        });
+    }
+    Ok(())
+}

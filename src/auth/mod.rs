@@ -1,0 +1,123 @@
+//! The decision: may this request through, and as whom? One pure pipeline used by
+//! every mode (reverse proxy, forward-auth), one phase per line, one file per phase:
+//!
+//! 1. [`route`]: match method + path (and refuse ambiguous paths);
+//! 2. [`credential`]: extract the key and check it offline;
+//! 3. [`verify`]: L1 → store, and the key's status;
+//! 4. [`authorize`]: scopes, org binding, restrictions;
+//! 5. quota: charge the key's budget ([`crate::quota`]).
+//!
+//! The result is a [`Grant`], the only proof of authorization `proxy` accepts. This
+//! module does no I/O of its own beyond the lookups; it knows nothing of sockets.
+
+pub mod authorize;
+pub mod credential;
+pub mod rejection;
+pub mod route;
+pub mod verify;
+
+use std::sync::Arc;
+
+use http::{HeaderMap, Method};
+
+pub use rejection::{Denial, Failure, Rejection, StatusPolicy};
+
+use crate::clock::SharedClock;
+use crate::keys::KeyRecord;
+use crate::quota::{self, Counters, Usage};
+use route::Route;
+use verify::Verifier;
+
+/// What the decision needs from the configuration.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The route table.
+    pub routes: route::Table,
+    /// Where keys come from and what they look like.
+    pub credentials: credential::Settings,
+    /// Configurable statuses.
+    pub status: StatusPolicy,
+}
+
+/// The parts of a request the decision reads.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestHead<'a> {
+    /// Request method.
+    pub method: &'a Method,
+    /// Raw path (no query).
+    pub path: &'a str,
+    /// Request headers.
+    pub headers: &'a HeaderMap,
+}
+
+/// Proof that a request may be forwarded.
+#[derive(Debug)]
+pub struct Grant<'a> {
+    /// The matched route.
+    pub route: &'a Route,
+    /// The authenticated key, absent on public routes.
+    pub key: Option<Arc<KeyRecord>>,
+    /// The key's quota standing after this request.
+    pub usage: Option<Usage>,
+}
+
+/// Runs the pipeline.
+pub struct Decider {
+    settings: Settings,
+    verifier: Verifier,
+    quota: Arc<Counters>,
+    clock: SharedClock,
+}
+
+impl Decider {
+    /// A decider over the given parts.
+    pub fn new(settings: Settings, verifier: Verifier, quota: Arc<Counters>, clock: SharedClock) -> Self {
+        Self {
+            settings,
+            verifier,
+            quota,
+            clock,
+        }
+    }
+
+    /// The settings in force.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// Decides `req`.
+    ///
+    /// # Errors
+    /// [`Denial::Rejected`] with the precise refusal, or [`Denial::Unavailable`] when
+    /// a dependency failed and the key could not be judged.
+    pub async fn decide(&self, req: RequestHead<'_>) -> Result<Grant<'_>, Denial> {
+        let matched = self.settings.routes.match_request(req.method, req.path)?; // 1 route
+        if matched.route.public {
+            return Ok(Grant {
+                route: matched.route,
+                key: None,
+                usage: None,
+            });
+        }
+        let presented = credential::extract(req.headers, &self.settings.credentials)?; // 2 extract
+        let now = self.clock.now();
+        let key = self.verifier.verify(&presented, now).await?; // 3 verify
+        authorize::check(&key, &matched, req.method)?; // 4 authorize
+        let usage = self
+            .quota
+            .charge(&key, matched.route.cost, now)
+            .await
+            .map_err(|e| match e {
+                quota::Error::Exceeded { limit, reset_at } => {
+                    let retry_after = quota::seconds_until(reset_at, now).max(1);
+                    Denial::Rejected(Rejection::QuotaExceeded { limit, retry_after })
+                }
+                quota::Error::Store(e) => Denial::Unavailable(Failure::Store(e)),
+            })?; // 5 quota
+        Ok(Grant {
+            route: matched.route,
+            key: Some(key),
+            usage: Some(usage),
+        })
+    }
+}

@@ -1,0 +1,72 @@
+//! Verify: a well-formed key → its record, through L1 then the admin store, and the
+//! record's status (revoked, paused, expired, environment) at this moment.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+
+use super::rejection::{Denial, Failure, Rejection};
+use crate::cache::{L1, Lookup};
+use crate::keys::format::Parsed;
+use crate::keys::{KeyHash, KeyRecord, Status};
+use crate::store::{self, Store};
+
+/// Looks keys up: L1 first, the store on a miss (on the control runtime).
+pub struct Verifier {
+    l1: Arc<L1>,
+    store: Store,
+    control: tokio::runtime::Handle,
+}
+
+impl Verifier {
+    /// A verifier over `l1` and `store`.
+    pub fn new(l1: Arc<L1>, store: Store, control: tokio::runtime::Handle) -> Self {
+        Self { l1, store, control }
+    }
+
+    /// The record of `key`, if it is usable at `now`.
+    ///
+    /// # Errors
+    /// `unknown_api_key`, `key_revoked`, `key_paused`, `key_expired`,
+    /// `wrong_environment`, or [`Denial::Unavailable`] when the store cannot be asked.
+    pub async fn verify(&self, key: &Parsed<'_>, now: DateTime<Utc>) -> Result<Arc<KeyRecord>, Denial> {
+        let hash = KeyHash::of(key.expose());
+        let record = match self.l1.get(&hash) {
+            Lookup::Hit(record) => record,
+            Lookup::Negative => return Err(Rejection::UnknownApiKey.into()),
+            Lookup::Miss => self.load(hash).await?,
+        };
+        check_status(&record, key.environment(), now)?;
+        Ok(record)
+    }
+
+    async fn load(&self, hash: KeyHash) -> Result<Arc<KeyRecord>, Denial> {
+        let store = self.store.clone();
+        let found = store::run_on(&self.control, async move { store.find_by_hash(&hash).await })
+            .await
+            .map_err(|e| Denial::Unavailable(Failure::Store(e)))?
+            .map(Arc::new);
+        self.l1.insert(hash, found.clone());
+        found.ok_or(Denial::Rejected(Rejection::UnknownApiKey))
+    }
+}
+
+/// Refuses a record that is not usable at `now` or was issued for another environment.
+///
+/// # Errors
+/// The rejection naming the key's state.
+pub fn check_status(record: &KeyRecord, environment: &str, now: DateTime<Utc>) -> Result<(), Rejection> {
+    match record.status(now) {
+        Status::Active => {}
+        Status::Revoked => return Err(Rejection::KeyRevoked),
+        Status::Paused => return Err(Rejection::KeyPaused),
+        Status::Expired => return Err(Rejection::KeyExpired),
+    }
+    if record.environment != environment {
+        return Err(Rejection::WrongEnvironment {
+            found: record.environment.clone(),
+            expected: environment.to_owned(),
+        });
+    }
+    Ok(())
+}

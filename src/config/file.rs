@@ -1,0 +1,219 @@
+//! The TOML schema, as written by users. Each field's doc is its reference text,
+//! mirrored in `config/keygate.toml` and the README. Values that validation checks
+//! keep their source span for line:col diagnostics.
+
+use serde::Deserialize;
+use toml::Spanned;
+
+fn spanned<T>(value: T) -> Spanned<T> {
+    Spanned::new(0..0, value)
+}
+
+/// The whole file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct File {
+    /// The data plane.
+    pub proxy: Proxy,
+    /// The admin/ops listener (accepted now; served by a later release).
+    pub admin: Option<Admin>,
+    /// The admin store.
+    pub store: StoreTable,
+    /// Shared-state mode (not supported yet).
+    pub redis: Option<Spanned<toml::Table>>,
+    /// Key format and key policy.
+    pub keys: Keys,
+    /// Default quota.
+    pub quota: Quota,
+    /// The in-process key cache.
+    pub cache: Cache,
+    /// Identity headers sent upstream.
+    pub identity: Identity,
+    /// Routes, tried in file order.
+    #[serde(rename = "route")]
+    pub routes: Vec<Route>,
+}
+
+/// `[proxy]`
+#[derive(Debug, Deserialize)]
+#[serde(default)]
+pub struct Proxy {
+    /// Address the proxy listens on. Default `127.0.0.1:8080`.
+    pub listen: Spanned<String>,
+    /// Default upstream base URL (`http://host:port`). Default `http://127.0.0.1:3000`.
+    pub upstream: Spanned<String>,
+    /// Unmatched paths: `deny` (404 `route_not_found`, default) or `authenticate`
+    /// (any valid key, no scopes, cost 1).
+    pub unmatched: Spanned<String>,
+    /// Requests without a keygate key: `reject` (default). `pass` is reserved.
+    pub other_credentials: Spanned<String>,
+    /// An extra header that may carry the bare key, e.g. `X-API-Key`. Off by default.
+    pub key_header: Option<Spanned<String>>,
+    /// Data-plane threads (one runtime and listener each); 0 = one per core. Default 0.
+    pub workers: usize,
+    /// Time to connect to the upstream before answering 502. Default `5s`.
+    pub connect_timeout: Spanned<String>,
+    /// Time to the upstream's response head before answering 504. Default `60s`.
+    pub response_timeout: Spanned<String>,
+    /// Idle upstream connections kept per worker and upstream. Default 128.
+    pub pool_size: usize,
+    /// Time in-flight requests get to finish after SIGTERM. Default `30s`.
+    pub shutdown_grace: Spanned<String>,
+}
+
+impl Default for Proxy {
+    fn default() -> Self {
+        Self {
+            listen: spanned("127.0.0.1:8080".into()),
+            upstream: spanned("http://127.0.0.1:3000".into()),
+            unmatched: spanned("deny".into()),
+            other_credentials: spanned("reject".into()),
+            key_header: None,
+            workers: 0,
+            connect_timeout: spanned("5s".into()),
+            response_timeout: spanned("60s".into()),
+            pool_size: 128,
+            shutdown_grace: spanned("30s".into()),
+        }
+    }
+}
+
+/// `[admin]`
+#[derive(Debug, Deserialize)]
+pub struct Admin {
+    /// Address of the admin/ops listener.
+    pub listen: Spanned<String>,
+}
+
+/// `[store]`
+#[derive(Debug, Deserialize)]
+#[serde(default)]
+pub struct StoreTable {
+    /// Admin store URL; env `KEYGATE_DATABASE_URL` wins. Default `sqlite://keygate.db`.
+    pub url: Spanned<String>,
+    /// How often a running proxy reads the store's change feed to evict changed keys. Default `250ms`.
+    pub poll_interval: Spanned<String>,
+    /// How often quota counts and last-used times are written. Default `1s`.
+    pub flush_interval: Spanned<String>,
+}
+
+impl Default for StoreTable {
+    fn default() -> Self {
+        Self {
+            url: spanned("sqlite://keygate.db".into()),
+            poll_interval: spanned("250ms".into()),
+            flush_interval: spanned("1s".into()),
+        }
+    }
+}
+
+/// `[keys]`
+#[derive(Debug, Deserialize)]
+#[serde(default)]
+pub struct Keys {
+    /// Key prefix (`a-z0-9`, inner `_`). Default `kg`.
+    pub prefix: Spanned<String>,
+    /// Environment this deployment accepts (`a-z0-9`). Default `live`.
+    pub environment: Spanned<String>,
+    /// Status for revoked keys: 401 (default) or 403.
+    pub revoked_status: Spanned<u16>,
+}
+
+impl Default for Keys {
+    fn default() -> Self {
+        Self {
+            prefix: spanned("kg".into()),
+            environment: spanned("live".into()),
+            revoked_status: spanned(401),
+        }
+    }
+}
+
+/// `[quota]`
+#[derive(Debug, Deserialize)]
+#[serde(default)]
+pub struct Quota {
+    /// Requests (cost units) per period for keys without their own limit. Default 1000.
+    pub limit: u64,
+    /// `month` (calendar month, UTC) or `<N>d` (N-day windows from the key's creation). Default `30d`.
+    pub period: Spanned<String>,
+    /// With Redis: `local` (default), `allow` or `deny`. Accepted now, used with Redis.
+    pub on_redis_error: Spanned<String>,
+}
+
+impl Default for Quota {
+    fn default() -> Self {
+        Self {
+            limit: 1000,
+            period: spanned("30d".into()),
+            on_redis_error: spanned("local".into()),
+        }
+    }
+}
+
+/// `[cache]`
+#[derive(Debug, Deserialize)]
+#[serde(default)]
+pub struct Cache {
+    /// How long a key record is used without asking the store. Default `30s`.
+    pub ttl: Spanned<String>,
+    /// How long an unknown key is remembered as unknown. Default `30s`.
+    pub negative_ttl: Spanned<String>,
+    /// Entries kept at most. Default 100000.
+    pub capacity: usize,
+}
+
+impl Default for Cache {
+    fn default() -> Self {
+        Self {
+            ttl: spanned("30s".into()),
+            negative_ttl: spanned("30s".into()),
+            capacity: 100_000,
+        }
+    }
+}
+
+/// `[identity]`
+#[derive(Debug, Deserialize)]
+#[serde(default)]
+pub struct Identity {
+    /// Prefix of identity headers. Default `X-Keygate-`.
+    pub header_prefix: Spanned<String>,
+}
+
+impl Default for Identity {
+    fn default() -> Self {
+        Self {
+            header_prefix: spanned("X-Keygate-".into()),
+        }
+    }
+}
+
+/// `[[route]]`
+#[derive(Debug, Deserialize)]
+pub struct Route {
+    /// Unique name (logs, restrictions).
+    pub name: Spanned<String>,
+    /// Methods; absent or empty = any.
+    #[serde(default)]
+    pub methods: Vec<Spanned<String>>,
+    /// Path template: literals, `{param}`, `*`, and a final `**`.
+    pub path: Spanned<String>,
+    /// Scopes the key must all hold.
+    #[serde(default)]
+    pub scopes: Vec<Spanned<String>>,
+    /// The `{param}` that must equal the key's org.
+    pub org_param: Option<Spanned<String>>,
+    /// No key needed.
+    #[serde(default)]
+    pub public: bool,
+    /// Quota units per request. Default 1.
+    #[serde(default = "one")]
+    pub cost: u64,
+    /// Upstream base URL for this route instead of `[proxy] upstream`.
+    pub upstream: Option<Spanned<String>>,
+}
+
+fn one() -> u64 {
+    1
+}

@@ -1,0 +1,418 @@
+//! `File` → `Config`: every check, every problem collected (never stop at the first).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use http::{HeaderName, Method, StatusCode};
+use toml::Spanned;
+use toml::de::{DeTable, DeValue};
+
+use super::file::{self, File};
+use super::{Diagnostic, Env, parse_addr, parse_duration};
+use crate::auth::{self, StatusPolicy, credential, route};
+use crate::keys::Format;
+use crate::keys::format::is_valid_name;
+use crate::proxy::{self, Upstream, headers::Identity};
+use crate::{cache, quota};
+
+/// A validated configuration. It has no `Deserialize`: the only way to get one is
+/// through validation.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Data plane.
+    pub proxy: proxy::Settings,
+    /// The decision.
+    pub auth: auth::Settings,
+    /// Quota defaults.
+    pub quota: quota::Settings,
+    /// L1 cache.
+    pub cache: cache::Settings,
+    /// Admin store.
+    pub store: StoreSettings,
+    /// Admin/ops listener address, when configured.
+    pub admin_listen: Option<SocketAddr>,
+}
+
+/// Where the admin store is and how often it is read and written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreSettings {
+    /// Store URL.
+    pub url: String,
+    /// Change-feed polling interval.
+    pub poll_interval: Duration,
+    /// Quota / last-used flush interval.
+    pub flush_interval: Duration,
+}
+
+struct Check<'s> {
+    src: &'s str,
+    diagnostics: Vec<Diagnostic>,
+}
+
+impl Check<'_> {
+    fn error(&mut self, span: std::ops::Range<usize>, message: impl Into<String>) {
+        self.diagnostics.push(Diagnostic::at(self.src, span, message));
+    }
+
+    fn duration(&mut self, value: &Spanned<String>, key: &str) -> Duration {
+        parse_duration(value.get_ref()).unwrap_or_else(|| {
+            self.error(
+                value.span(),
+                format!(
+                    "{key}: `{}` is not a duration (use e.g. `250ms`, `5s`, `10m`, `1h`, `30d`)",
+                    value.get_ref()
+                ),
+            );
+            Duration::ZERO
+        })
+    }
+
+    fn upstream(&mut self, value: &Spanned<String>, key: &str) -> Option<Upstream> {
+        Upstream::parse(value.get_ref())
+            .map_err(|e| self.error(value.span(), format!("{key}: {e}")))
+            .ok()
+    }
+}
+
+pub(super) fn parse(src: &str, env: &dyn Env) -> Result<Config, Vec<Diagnostic>> {
+    let table =
+        DeTable::parse(src).map_err(|e| vec![Diagnostic::at(src, e.span().unwrap_or(0..0), e.message())])?;
+    let mut unknown = Vec::new();
+    let deserializer = toml::Deserializer::parse(src)
+        .map_err(|e| vec![Diagnostic::at(src, e.span().unwrap_or(0..0), e.message())])?;
+    let file: File = serde_ignored::deserialize(deserializer, |path| unknown.push(segments(&path)))
+        .map_err(|e: toml::de::Error| vec![Diagnostic::at(src, e.span().unwrap_or(0..0), e.message())])?;
+    let mut check = Check {
+        src,
+        diagnostics: Vec::new(),
+    };
+    for path in unknown {
+        let dotted = path.iter().map(Segment::to_string).collect::<Vec<_>>().join(".");
+        let span = locate(table.get_ref(), &path).unwrap_or(0..0);
+        check.error(span, format!("unknown key `{dotted}`"));
+    }
+    let config = build(&file, env, &mut check);
+    let mut diagnostics = check.diagnostics;
+    if diagnostics.is_empty() {
+        return Ok(config);
+    }
+    diagnostics.sort_by_key(|d| d.at.unwrap_or((usize::MAX, 0)));
+    Err(diagnostics)
+}
+
+fn build(file: &File, env: &dyn Env, check: &mut Check<'_>) -> Config {
+    let p = &file.proxy;
+    let listen = parse_addr(p.listen.get_ref()).unwrap_or_else(|| {
+        check.error(
+            p.listen.span(),
+            format!(
+                "proxy.listen: `{}` is not an address like 127.0.0.1:8080",
+                p.listen.get_ref()
+            ),
+        );
+        SocketAddr::from(([127, 0, 0, 1], 0))
+    });
+    let mut upstreams: Vec<Upstream> = check
+        .upstream(&p.upstream, "proxy.upstream")
+        .into_iter()
+        .collect();
+    let unmatched = match p.unmatched.get_ref().as_str() {
+        "deny" => route::Unmatched::Deny,
+        "authenticate" => route::Unmatched::Authenticate,
+        other => {
+            check.error(
+                p.unmatched.span(),
+                format!("proxy.unmatched: `{other}` must be `deny` or `authenticate`"),
+            );
+            route::Unmatched::Deny
+        }
+    };
+    match p.other_credentials.get_ref().as_str() {
+        "reject" => {}
+        "pass" => check.error(
+            p.other_credentials.span(),
+            "proxy.other_credentials: `pass` is not supported by this version; use `reject`",
+        ),
+        other => check.error(
+            p.other_credentials.span(),
+            format!("proxy.other_credentials: `{other}` must be `reject` or `pass`"),
+        ),
+    }
+    let key_header = p.key_header.as_ref().and_then(|h| {
+        HeaderName::from_bytes(h.get_ref().as_bytes())
+            .map_err(|_| {
+                check.error(
+                    h.span(),
+                    format!("proxy.key_header: `{}` is not a header name", h.get_ref()),
+                )
+            })
+            .ok()
+            .filter(|name| {
+                let clash = *name == http::header::AUTHORIZATION;
+                if clash {
+                    check.error(
+                        h.span(),
+                        "proxy.key_header: Authorization is always read; name another header",
+                    );
+                }
+                !clash
+            })
+    });
+    let connect_timeout = check.duration(&p.connect_timeout, "proxy.connect_timeout");
+    let response_timeout = check.duration(&p.response_timeout, "proxy.response_timeout");
+    let shutdown_grace = check.duration(&p.shutdown_grace, "proxy.shutdown_grace");
+    if p.pool_size == 0 {
+        check.error(0..0, "proxy.pool_size must be at least 1");
+    }
+
+    let identity = Identity::new(file.identity.header_prefix.get_ref()).unwrap_or_else(|e| {
+        check.error(
+            file.identity.header_prefix.span(),
+            format!("identity.header_prefix: {e}"),
+        );
+        Identity::default()
+    });
+
+    let k = &file.keys;
+    let format = Format::new(k.prefix.get_ref(), k.environment.get_ref()).unwrap_or_else(|e| {
+        let span = if is_valid_name(k.prefix.get_ref(), true) {
+            k.environment.span()
+        } else {
+            k.prefix.span()
+        };
+        check.error(span, format!("keys: {e}"));
+        Format::new("kg", "live").unwrap_or_else(|_| unreachable!("the default format is valid"))
+    });
+    let revoked = match *k.revoked_status.get_ref() {
+        401 => StatusCode::UNAUTHORIZED,
+        403 => StatusCode::FORBIDDEN,
+        other => {
+            check.error(
+                k.revoked_status.span(),
+                format!("keys.revoked_status: {other} must be 401 or 403"),
+            );
+            StatusCode::UNAUTHORIZED
+        }
+    };
+
+    let q = &file.quota;
+    let period = quota::Period::parse(q.period.get_ref()).unwrap_or_else(|| {
+        check.error(
+            q.period.span(),
+            format!(
+                "quota.period: `{}` must be `month` or `<N>d` (1-3660 days)",
+                q.period.get_ref()
+            ),
+        );
+        quota::Period::Month
+    });
+    if !matches!(q.on_redis_error.get_ref().as_str(), "local" | "allow" | "deny") {
+        check.error(
+            q.on_redis_error.span(),
+            format!(
+                "quota.on_redis_error: `{}` must be `local`, `allow` or `deny`",
+                q.on_redis_error.get_ref()
+            ),
+        );
+    }
+    if let Some(redis) = &file.redis {
+        check.error(
+            redis.span(),
+            "[redis]: shared-state mode is not supported by this version; remove the table to run embedded",
+        );
+    }
+
+    let c = &file.cache;
+    let cache = cache::Settings {
+        ttl: check.duration(&c.ttl, "cache.ttl"),
+        negative_ttl: check.duration(&c.negative_ttl, "cache.negative_ttl"),
+        capacity: c.capacity.max(1),
+    };
+
+    let s = &file.store;
+    let store = StoreSettings {
+        url: env
+            .var("KEYGATE_DATABASE_URL")
+            .unwrap_or_else(|| s.url.get_ref().clone()),
+        poll_interval: check.duration(&s.poll_interval, "store.poll_interval"),
+        flush_interval: check.duration(&s.flush_interval, "store.flush_interval"),
+    };
+    if !store.url.starts_with("sqlite:") {
+        let span = if env.var("KEYGATE_DATABASE_URL").is_some() {
+            0..0
+        } else {
+            s.url.span()
+        };
+        check.error(
+            span,
+            "store.url: only sqlite:// URLs are supported by this version",
+        );
+    }
+
+    let admin_listen = file.admin.as_ref().and_then(|a| {
+        let addr = parse_addr(a.listen.get_ref());
+        if addr.is_none() {
+            check.error(
+                a.listen.span(),
+                format!(
+                    "admin.listen: `{}` is not an address like 127.0.0.1:9091",
+                    a.listen.get_ref()
+                ),
+            );
+        }
+        addr
+    });
+
+    let routes = routes(&file.routes, &mut upstreams, check);
+
+    Config {
+        proxy: proxy::Settings {
+            listen,
+            workers: p.workers,
+            upstreams,
+            connect_timeout,
+            response_timeout,
+            pool_size: p.pool_size.max(1),
+            shutdown_grace,
+            identity,
+            key_header: key_header.clone(),
+        },
+        auth: auth::Settings {
+            routes: route::Table::new(routes, unmatched),
+            credentials: credential::Settings { format, key_header },
+            status: StatusPolicy { revoked },
+        },
+        quota: quota::Settings {
+            limit: q.limit,
+            period,
+        },
+        cache,
+        store,
+        admin_listen,
+    }
+}
+
+fn routes(raw: &[file::Route], upstreams: &mut Vec<Upstream>, check: &mut Check<'_>) -> Vec<route::Route> {
+    let mut names: Vec<&str> = Vec::new();
+    let mut out = Vec::new();
+    for r in raw {
+        let name = r.name.get_ref();
+        if names.contains(&name.as_str()) {
+            check.error(r.name.span(), format!("route `{name}` is defined twice"));
+        }
+        names.push(name);
+        let methods = r
+            .methods
+            .iter()
+            .filter_map(|m| {
+                let valid = !m.get_ref().is_empty() && m.get_ref().bytes().all(|b| b.is_ascii_uppercase());
+                match Method::from_bytes(m.get_ref().as_bytes()) {
+                    Ok(method) if valid => Some(method),
+                    _ => {
+                        check.error(
+                            m.span(),
+                            format!(
+                                "route `{name}`: `{}` is not an uppercase HTTP method",
+                                m.get_ref()
+                            ),
+                        );
+                        None
+                    }
+                }
+            })
+            .collect();
+        let scopes = r
+            .scopes
+            .iter()
+            .filter_map(|s| {
+                if crate::keys::is_valid_scope(s.get_ref()) {
+                    Some(s.get_ref().clone())
+                } else {
+                    check.error(s.span(), format!("route `{name}`: scope `{}` must be 1-64 characters of a-z, 0-9, `_`, `-`, `.`, `:`", s.get_ref()));
+                    None
+                }
+            })
+            .collect();
+        let upstream = match &r.upstream {
+            None => 0,
+            Some(u) => match check.upstream(u, &format!("route `{name}` upstream")) {
+                Some(up) => upstreams.iter().position(|x| *x == up).unwrap_or_else(|| {
+                    upstreams.push(up);
+                    upstreams.len() - 1
+                }),
+                None => 0,
+            },
+        };
+        let spec = route::Spec {
+            name: name.clone(),
+            methods,
+            path: r.path.get_ref().clone(),
+            scopes,
+            org_param: r.org_param.as_ref().map(|o| o.get_ref().clone()),
+            public: r.public,
+            cost: r.cost,
+            upstream,
+        };
+        match route::Route::compile(spec) {
+            Ok(route) => out.push(route),
+            Err(e) => check.error(r.path.span(), format!("route `{name}`: {e}")),
+        }
+    }
+    out
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Segment {
+    Key(String),
+    Index(usize),
+}
+
+impl std::fmt::Display for Segment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Key(k) => f.write_str(k),
+            Self::Index(i) => write!(f, "{i}"),
+        }
+    }
+}
+
+fn segments(path: &serde_ignored::Path<'_>) -> Vec<Segment> {
+    use serde_ignored::Path;
+    let mut out = match path {
+        Path::Root => return Vec::new(),
+        Path::Seq { parent, .. }
+        | Path::Map { parent, .. }
+        | Path::Some { parent }
+        | Path::NewtypeStruct { parent }
+        | Path::NewtypeVariant { parent } => segments(parent),
+    };
+    match path {
+        Path::Seq { index, .. } => out.push(Segment::Index(*index)),
+        // toml's span wrapper shows up as internal keys; they are not the user's.
+        Path::Map { key, .. } if !key.starts_with("$__") => out.push(Segment::Key(key.clone())),
+        _ => {}
+    }
+    out
+}
+
+fn locate(table: &DeTable<'_>, path: &[Segment]) -> Option<std::ops::Range<usize>> {
+    let (Segment::Key(first), rest) = path.split_first()? else {
+        return None;
+    };
+    let (key, mut value) = table.iter().find(|(k, _)| k.get_ref() == first)?;
+    let mut span = key.span();
+    for seg in rest {
+        let next = match (seg, value.get_ref()) {
+            (Segment::Key(name), DeValue::Table(t)) => {
+                t.iter().find(|(k, _)| k.get_ref() == name).map(|(k, v)| {
+                    span = k.span();
+                    v
+                })
+            }
+            (Segment::Index(i), DeValue::Array(a)) => a.get(*i).inspect(|v| span = v.span()),
+            _ => None,
+        };
+        value = next?;
+    }
+    Some(span)
+}

@@ -1,0 +1,9 @@
+//! The `keygate` binary: parse the command line and run it.
+
+use clap::Parser;
+
+fn main() -> std::process::ExitCode {
+    let cli = keygate::cli::Cli::parse();
+    keygate::telemetry::init(cli.log_format);
+    keygate::cli::run(cli)
+}

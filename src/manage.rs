@@ -1,0 +1,244 @@
+//! Key lifecycle operations shared by the CLI and the running server: create, update,
+//! pause, resume, revoke, rotate. Each writes the store (which audit-logs it with the
+//! actor) and evicts this process's cache, so the change holds from the next request.
+//! Other processes on the same store learn it from the change feed (`app`).
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Duration, Utc};
+use uuid::Uuid;
+
+use crate::cache::L1;
+use crate::clock::SharedClock;
+use crate::keys::{ApiKey, Format, KeyRecord, Owner, Restrictions};
+use crate::store::{self, ListQuery, Page, Patch, Store};
+
+/// What a new key should be.
+#[derive(Debug, Clone, Default)]
+pub struct NewKey {
+    /// Human label.
+    pub name: String,
+    /// Organisation binding.
+    pub org_id: Option<String>,
+    /// Owner; defaults to the org, else the actor as a user.
+    pub owner: Option<Owner>,
+    /// Granted scopes.
+    pub scopes: Vec<String>,
+    /// Environment; defaults to the deployment's.
+    pub environment: Option<String>,
+    /// Expiry.
+    pub expires_at: Option<DateTime<Utc>>,
+    /// Quota override.
+    pub quota_limit: Option<u64>,
+    /// Restrictions.
+    pub restrictions: Restrictions,
+    /// Free-form metadata.
+    pub metadata: Option<serde_json::Value>,
+}
+
+/// Why a lifecycle operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] store::Error),
+    /// No key with that id.
+    #[error("no key with id {0}")]
+    NotFound(Uuid),
+    /// The request itself is invalid.
+    #[error("{0}")]
+    Invalid(String),
+    /// The OS random source failed.
+    #[error(transparent)]
+    Random(#[from] crate::keys::secret::RandomError),
+}
+
+/// Key management over one store.
+#[derive(Clone)]
+pub struct Keys {
+    store: Store,
+    format: Format,
+    clock: SharedClock,
+    l1: Option<Arc<L1>>,
+}
+
+impl Keys {
+    /// Management over `store`; `l1` is this process's cache, if it serves traffic.
+    pub fn new(store: Store, format: Format, clock: SharedClock, l1: Option<Arc<L1>>) -> Self {
+        Self {
+            store,
+            format,
+            clock,
+            l1,
+        }
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Creates a key; the returned plaintext exists nowhere else.
+    ///
+    /// # Errors
+    /// Invalid input, the random source, or the store.
+    pub async fn create(&self, new: NewKey, actor: &str) -> Result<(ApiKey, KeyRecord), Error> {
+        validate_new(&new)?;
+        let environment = new
+            .environment
+            .clone()
+            .unwrap_or_else(|| self.format.environment().to_owned());
+        if !crate::keys::format::is_valid_name(&environment, false) {
+            return Err(Error::Invalid(format!(
+                "environment `{environment}` must be a-z and 0-9"
+            )));
+        }
+        let key = ApiKey::generate(&self.format, &environment)?;
+        let owner = new.owner.clone().unwrap_or_else(|| match &new.org_id {
+            Some(org) => Owner::Org(org.clone()),
+            None => Owner::User(actor.to_owned()),
+        });
+        let record = KeyRecord {
+            id: Uuid::new_v4(),
+            org_id: new.org_id,
+            owner,
+            name: new.name,
+            display_prefix: self.format.display_prefix(key.expose()),
+            hash: key.hash(),
+            environment,
+            scopes: new.scopes,
+            restrictions: new.restrictions,
+            quota_limit: new.quota_limit,
+            metadata: new.metadata.unwrap_or_else(|| serde_json::json!({})),
+            created_by: actor.to_owned(),
+            created_at: self.clock.now(),
+            last_used_at: None,
+            expires_at: new.expires_at,
+            paused: false,
+            revoked_at: None,
+        };
+        self.store.create(&record, actor).await?;
+        Ok((key, record))
+    }
+
+    /// The key with `id`.
+    ///
+    /// # Errors
+    /// Not found, or the store.
+    pub async fn get(&self, id: Uuid) -> Result<KeyRecord, Error> {
+        self.store.get(id).await?.ok_or(Error::NotFound(id))
+    }
+
+    /// A page of keys.
+    ///
+    /// # Errors
+    /// The store.
+    pub async fn list(&self, query: &ListQuery) -> Result<Page, Error> {
+        Ok(self.store.list(query, self.clock.now()).await?)
+    }
+
+    /// Changes name, scopes, restrictions, quota, expiry or metadata.
+    ///
+    /// # Errors
+    /// Invalid scopes, not found, or the store.
+    pub async fn update(&self, id: Uuid, patch: &Patch, actor: &str) -> Result<KeyRecord, Error> {
+        if let Some(scopes) = &patch.scopes {
+            validate_scopes(scopes)?;
+        }
+        let record = self.store.update(id, patch, actor).await?;
+        self.evicted(id, record)
+    }
+
+    /// Pauses a key (reversible).
+    ///
+    /// # Errors
+    /// Not found, or the store.
+    pub async fn pause(&self, id: Uuid, actor: &str) -> Result<KeyRecord, Error> {
+        let record = self.store.set_paused(id, true, actor).await?;
+        self.evicted(id, record)
+    }
+
+    /// Resumes a paused key.
+    ///
+    /// # Errors
+    /// Not found, or the store.
+    pub async fn resume(&self, id: Uuid, actor: &str) -> Result<KeyRecord, Error> {
+        let record = self.store.set_paused(id, false, actor).await?;
+        self.evicted(id, record)
+    }
+
+    /// Revokes a key now (irreversible; revoking again changes nothing).
+    ///
+    /// # Errors
+    /// Not found, or the store.
+    pub async fn revoke(&self, id: Uuid, actor: &str) -> Result<KeyRecord, Error> {
+        let record = self.store.revoke(id, self.clock.now(), actor).await?;
+        self.evicted(id, record)
+    }
+
+    /// Issues a successor with the same attributes and revokes the old key after
+    /// `overlap` (zero = now). Returns the new plaintext and record.
+    ///
+    /// # Errors
+    /// Not found, already revoked, or the store.
+    pub async fn rotate(
+        &self,
+        id: Uuid,
+        overlap: Duration,
+        actor: &str,
+    ) -> Result<(ApiKey, KeyRecord), Error> {
+        let old = self.get(id).await?;
+        let now = self.clock.now();
+        if old.revoked_at.is_some_and(|at| at <= now) {
+            return Err(Error::Invalid(format!(
+                "key {id} is revoked; a revoked key cannot be rotated"
+            )));
+        }
+        let key = ApiKey::generate(&self.format, &old.environment)?;
+        let new = KeyRecord {
+            id: Uuid::new_v4(),
+            display_prefix: self.format.display_prefix(key.expose()),
+            hash: key.hash(),
+            created_by: actor.to_owned(),
+            created_at: now,
+            last_used_at: None,
+            paused: false,
+            revoked_at: None,
+            ..old
+        };
+        let record = self
+            .store
+            .rotate(id, &new, now + overlap.max(Duration::zero()), actor)
+            .await?;
+        let record = self.evicted(id, record)?;
+        Ok((key, record))
+    }
+
+    fn evicted(&self, id: Uuid, record: Option<KeyRecord>) -> Result<KeyRecord, Error> {
+        if let Some(l1) = &self.l1 {
+            l1.evict(id);
+        }
+        record.ok_or(Error::NotFound(id))
+    }
+}
+
+fn validate_new(new: &NewKey) -> Result<(), Error> {
+    if new.name.trim().is_empty() || new.name.len() > 200 {
+        return Err(Error::Invalid("a key needs a name of 1-200 characters".into()));
+    }
+    if let Some(org) = &new.org_id
+        && (org.is_empty() || org.len() > 200 || org.contains('/'))
+    {
+        return Err(Error::Invalid("org ids are 1-200 characters without `/`".into()));
+    }
+    validate_scopes(&new.scopes)
+}
+
+fn validate_scopes(scopes: &[String]) -> Result<(), Error> {
+    match scopes.iter().find(|s| !crate::keys::is_valid_scope(s)) {
+        Some(bad) => Err(Error::Invalid(format!(
+            "scope `{bad}` must be 1-64 characters of a-z, 0-9, `_`, `-`, `.`, `:`"
+        ))),
+        None => Ok(()),
+    }
+}

@@ -1,0 +1,206 @@
+//! Forwarding over a per-core pool of upstream HTTP/1.1 connections.
+//!
+//! Each data-plane thread keeps its own stack of ready `SendRequest`s per upstream
+//! (no lock, no shared pool); a connection goes back on the stack when its response
+//! body has been read to the end, and is dropped (closed) otherwise, e.g. when the
+//! client went away. Bodies stream both ways; nothing is buffered whole.
+
+use std::cell::RefCell;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, Uri};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+use super::Upstream;
+
+/// Why a forward failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The upstream refused or dropped the connection.
+    #[error("cannot connect to the upstream {0}")]
+    Connect(#[source] std::io::Error),
+    /// Connect or response head took too long.
+    #[error("the upstream did not {0} in time")]
+    Timeout(&'static str),
+    /// The HTTP exchange failed.
+    #[error("the upstream exchange failed")]
+    Http(#[source] hyper::Error),
+}
+
+type Sender = SendRequest<Incoming>;
+
+thread_local! {
+    static POOL: RefCell<Vec<Vec<Sender>>> = const { RefCell::new(Vec::new()) };
+}
+
+fn checkout(upstream: usize) -> Option<Sender> {
+    POOL.with_borrow_mut(|pool| {
+        let stack = pool.get_mut(upstream)?;
+        while let Some(sender) = stack.pop() {
+            if !sender.is_closed() {
+                return Some(sender);
+            }
+        }
+        None
+    })
+}
+
+fn checkin(upstream: usize, sender: Sender, max: usize) {
+    if sender.is_closed() {
+        return;
+    }
+    POOL.with_borrow_mut(|pool| {
+        if pool.len() <= upstream {
+            pool.resize_with(upstream + 1, Vec::new);
+        }
+        if pool[upstream].len() < max {
+            pool[upstream].push(sender);
+        }
+    });
+}
+
+/// How to reach one upstream.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Connect timeout.
+    pub connect: Duration,
+    /// Timeout to the response head.
+    pub response: Duration,
+    /// Idle connections kept per thread.
+    pub pool_size: usize,
+}
+
+/// Sends `req` (already rewritten) to upstream number `index`.
+///
+/// # Errors
+/// [`Error`] when no response head arrived.
+pub async fn send(
+    index: usize,
+    upstream: &Upstream,
+    limits: Limits,
+    mut req: Request<Incoming>,
+) -> Result<Response<PooledBody>, Error> {
+    // A pooled connection may have been closed by the upstream meanwhile; a request
+    // it never sent comes back and goes to the next one.
+    while let Some(mut sender) = checkout(index) {
+        if sender.ready().await.is_err() {
+            continue;
+        }
+        match exchange(&mut sender, req, limits.response).await {
+            Ok(resp) => return Ok(PooledBody::wrap(resp, sender, index, limits.pool_size)),
+            Err(Retry::Again(back)) => req = back,
+            Err(Retry::No(e)) => return Err(e),
+        }
+    }
+    let mut sender = connect(upstream, limits.connect).await?;
+    match exchange(&mut sender, req, limits.response).await {
+        Ok(resp) => Ok(PooledBody::wrap(resp, sender, index, limits.pool_size)),
+        Err(Retry::Again(_)) => Err(Error::Connect(std::io::Error::from(
+            std::io::ErrorKind::ConnectionReset,
+        ))),
+        Err(Retry::No(e)) => Err(e),
+    }
+}
+
+enum Retry {
+    Again(Request<Incoming>),
+    No(Error),
+}
+
+async fn exchange(
+    sender: &mut Sender,
+    req: Request<Incoming>,
+    timeout: Duration,
+) -> Result<Response<Incoming>, Retry> {
+    match tokio::time::timeout(timeout, sender.try_send_request(req)).await {
+        Err(_) => Err(Retry::No(Error::Timeout("answer"))),
+        Ok(Ok(resp)) => Ok(resp),
+        Ok(Err(mut e)) => match e.take_message() {
+            Some(req) => Err(Retry::Again(req)),
+            None => Err(Retry::No(Error::Http(e.into_error()))),
+        },
+    }
+}
+
+async fn connect(upstream: &Upstream, timeout: Duration) -> Result<Sender, Error> {
+    let stream = tokio::time::timeout(timeout, TcpStream::connect(upstream.authority()))
+        .await
+        .map_err(|_| Error::Timeout("accept the connection"))?
+        .map_err(Error::Connect)?;
+    stream.set_nodelay(true).map_err(Error::Connect)?;
+    let (sender, conn) = hyper::client::conn::http1::Builder::new()
+        .handshake(TokioIo::new(stream))
+        .await
+        .map_err(Error::Http)?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "upstream connection ended");
+        }
+    });
+    Ok(sender)
+}
+
+/// The origin-form URI the upstream receives: exactly the authorised path and query.
+pub fn origin_form(uri: &Uri) -> Uri {
+    uri.path_and_query()
+        .map_or_else(|| Uri::from_static("/"), |pq| Uri::from(pq.clone()))
+}
+
+/// An upstream response body that returns its connection to the pool at its end.
+pub struct PooledBody {
+    inner: Incoming,
+    sender: Option<(Sender, usize, usize)>,
+}
+
+impl PooledBody {
+    fn wrap(resp: Response<Incoming>, sender: Sender, index: usize, max: usize) -> Response<Self> {
+        resp.map(|inner| {
+            let mut body = Self {
+                inner,
+                sender: Some((sender, index, max)),
+            };
+            if body.inner.is_end_stream() {
+                body.release();
+            }
+            body
+        })
+    }
+
+    fn release(&mut self) {
+        if let Some((sender, index, max)) = self.sender.take() {
+            checkin(index, sender, max);
+        }
+    }
+}
+
+impl Body for PooledBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(None) => self.release(),
+            Poll::Ready(Some(Err(_))) => self.sender = None,
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

@@ -1,0 +1,318 @@
+//! Header rewriting: what leaves the client's request (credentials, hop-by-hop and
+//! every client-sent identity header), what keygate adds (identity, request id,
+//! `X-Forwarded-*`), and the quota headers on responses.
+
+use std::cell::Cell;
+use std::net::SocketAddr;
+
+use chrono::{DateTime, Utc};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+use crate::keys::KeyRecord;
+use crate::quota::Usage;
+
+/// The identity header names, built once from `[identity] header_prefix`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    prefix: String,
+    key_id: HeaderName,
+    key_name: HeaderName,
+    org_id: HeaderName,
+    environment: HeaderName,
+    scopes: HeaderName,
+    owner: HeaderName,
+    auth_method: HeaderName,
+}
+
+impl Default for Identity {
+    fn default() -> Self {
+        Self::new("X-Keygate-").unwrap_or_else(|_| unreachable!("the default prefix is valid"))
+    }
+}
+
+impl Identity {
+    /// Header names under `prefix` (e.g. `X-Keygate-` → `x-keygate-key-id`, ...).
+    ///
+    /// # Errors
+    /// When `prefix` does not end in `-` or makes invalid header names.
+    pub fn new(prefix: &str) -> Result<Self, String> {
+        if !prefix.ends_with('-') || prefix.len() < 2 {
+            return Err(format!("`{prefix}` must end with `-`, like `X-Keygate-`"));
+        }
+        let prefix = prefix.to_ascii_lowercase();
+        let name = |suffix: &str| {
+            HeaderName::from_bytes(format!("{prefix}{suffix}").as_bytes())
+                .map_err(|_| format!("`{prefix}` does not make valid header names"))
+        };
+        Ok(Self {
+            key_id: name("key-id")?,
+            key_name: name("key-name")?,
+            org_id: name("org-id")?,
+            environment: name("environment")?,
+            scopes: name("scopes")?,
+            owner: name("owner")?,
+            auth_method: name("auth-method")?,
+            prefix,
+        })
+    }
+
+    /// Whether a client-sent header name is one of ours, in any spelling: case is
+    /// already folded by `http`, and `_` counts as `-` (some frameworks fold them).
+    pub fn is_identity(&self, name: &HeaderName) -> bool {
+        let name = name.as_str().as_bytes();
+        name.len() >= self.prefix.len()
+            && name
+                .iter()
+                .zip(self.prefix.as_bytes())
+                .all(|(&n, &p)| n == p || (n == b'_' && p == b'-'))
+    }
+}
+
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    let listed: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for name in listed.iter().chain(HOP_BY_HOP.iter()) {
+        headers.remove(name);
+    }
+}
+
+/// What the upstream should learn about the request besides its own headers.
+#[derive(Debug)]
+pub struct Forwarded<'a> {
+    /// The authenticated key (absent on public routes).
+    pub key: Option<&'a KeyRecord>,
+    /// The client's address as keygate saw it.
+    pub peer: SocketAddr,
+    /// This request's id.
+    pub request_id: &'a HeaderValue,
+    /// The upstream's `Host`.
+    pub host: &'a HeaderValue,
+}
+
+/// Rewrites request headers for the upstream: strips credentials, hop-by-hop and every
+/// client-sent identity header, then sets the trusted ones.
+pub fn prepare_request(
+    headers: &mut HeaderMap,
+    identity: &Identity,
+    key_header: Option<&HeaderName>,
+    fwd: &Forwarded<'_>,
+) {
+    remove_hop_by_hop(headers);
+    headers.remove(header::AUTHORIZATION);
+    if let Some(name) = key_header {
+        headers.remove(name);
+    }
+    let spoofed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|n| identity.is_identity(n))
+        .cloned()
+        .collect();
+    if !spoofed.is_empty() {
+        tracing::debug!(count = spoofed.len(), "stripped client-sent identity headers");
+        for name in &spoofed {
+            headers.remove(name);
+        }
+    }
+    match fwd.key {
+        Some(key) => {
+            headers.insert(identity.key_id.clone(), uuid_value(key));
+            headers.insert(identity.key_name.clone(), text_value(&key.name));
+            if let Some(org) = &key.org_id {
+                headers.insert(identity.org_id.clone(), text_value(org));
+            }
+            headers.insert(identity.environment.clone(), text_value(&key.environment));
+            headers.insert(identity.scopes.clone(), text_value(&key.scopes.join(",")));
+            headers.insert(identity.owner.clone(), text_value(&key.owner.to_tag()));
+            headers.insert(identity.auth_method.clone(), HeaderValue::from_static("api_key"));
+        }
+        None => {
+            headers.insert(identity.auth_method.clone(), HeaderValue::from_static("none"));
+        }
+    }
+    if let Some(host) = headers.remove(header::HOST) {
+        headers.insert(HeaderName::from_static("x-forwarded-host"), host);
+    }
+    headers.insert(header::HOST, fwd.host.clone());
+    headers.insert(
+        HeaderName::from_static("x-forwarded-proto"),
+        HeaderValue::from_static("http"),
+    );
+    append_forwarded_for(headers, fwd.peer);
+    headers.insert(HeaderName::from_static("x-request-id"), fwd.request_id.clone());
+}
+
+/// Appends the peer to `X-Forwarded-For` (the rightmost entry is the one keygate saw).
+fn append_forwarded_for(headers: &mut HeaderMap, peer: SocketAddr) {
+    let name = HeaderName::from_static("x-forwarded-for");
+    let ip = peer.ip().to_string();
+    let prior: Vec<&str> = headers
+        .get_all(&name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    let value = if prior.is_empty() {
+        ip
+    } else {
+        format!("{}, {ip}", prior.join(", "))
+    };
+    if let Ok(v) = HeaderValue::from_str(&value) {
+        headers.insert(name, v);
+    }
+}
+
+/// Rewrites upstream response headers for the client: hop-by-hop out, request id and
+/// quota headers in.
+pub fn prepare_response(
+    headers: &mut HeaderMap,
+    usage: Option<&Usage>,
+    request_id: &HeaderValue,
+    now: DateTime<Utc>,
+) {
+    remove_hop_by_hop(headers);
+    if let Some(usage) = usage {
+        insert_rate_limit(
+            headers,
+            usage.limit,
+            usage.remaining,
+            crate::quota::seconds_until(usage.reset_at, now),
+        );
+    }
+    headers.insert(HeaderName::from_static("x-request-id"), request_id.clone());
+}
+
+/// Sets `RateLimit-Limit`, `RateLimit-Remaining` and `RateLimit-Reset` (seconds).
+pub fn insert_rate_limit(headers: &mut HeaderMap, limit: u64, remaining: u64, reset_secs: u64) {
+    headers.insert(
+        HeaderName::from_static("ratelimit-limit"),
+        HeaderValue::from(limit),
+    );
+    headers.insert(
+        HeaderName::from_static("ratelimit-remaining"),
+        HeaderValue::from(remaining),
+    );
+    headers.insert(
+        HeaderName::from_static("ratelimit-reset"),
+        HeaderValue::from(reset_secs),
+    );
+}
+
+/// The request id: the client's `X-Request-Id` when it is short and plain, else a new one.
+pub fn request_id(headers: &HeaderMap) -> HeaderValue {
+    if let Some(v) = headers.get("x-request-id")
+        && (1..=128).contains(&v.len())
+        && v.as_bytes()
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+    {
+        return v.clone();
+    }
+    new_request_id()
+}
+
+thread_local! {
+    static REQUEST_IDS: Cell<(u64, u64)> = const { Cell::new((0, 0)) };
+}
+
+/// A unique id: a random per-thread base plus a counter (no syscall per request).
+fn new_request_id() -> HeaderValue {
+    let (base, n) = REQUEST_IDS.with(|ids| {
+        let (mut base, n) = ids.get();
+        if base == 0 {
+            let mut bytes = [0u8; 8];
+            // A failed random source only makes ids less unique across threads.
+            let _ = getrandom::fill(&mut bytes);
+            base = u64::from_le_bytes(bytes) | 1;
+        }
+        ids.set((base, n.wrapping_add(1)));
+        (base, n)
+    });
+    HeaderValue::from_str(&format!("{base:016x}{n:016x}")).unwrap_or_else(|_| HeaderValue::from_static("0"))
+}
+
+fn uuid_value(key: &KeyRecord) -> HeaderValue {
+    let mut buf = uuid::Uuid::encode_buffer();
+    HeaderValue::from_str(key.id.hyphenated().encode_lower(&mut buf))
+        .unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+/// A header value for free text: bytes outside printable ASCII (and `%`) are
+/// percent-encoded, so any name fits and can be decoded upstream.
+fn text_value(s: &str) -> HeaderValue {
+    if s.bytes().all(|b| (0x20..0x7f).contains(&b) && b != b'%') {
+        if let Ok(v) = HeaderValue::from_str(s) {
+            return v;
+        }
+    }
+    let encoded: String = s
+        .bytes()
+        .map(|b| {
+            if (0x20..0x7f).contains(&b) && b != b'%' {
+                char::from(b).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect();
+    HeaderValue::from_str(&encoded).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identity_spellings_are_all_recognised() {
+        let id = Identity::default();
+        for n in [
+            "x-keygate-key-id",
+            "x_keygate_key_id",
+            "x-keygate_org-id",
+            "x-keygate-anything",
+            "x_keygate-",
+        ] {
+            assert!(
+                id.is_identity(&HeaderName::from_bytes(n.as_bytes()).expect("name")),
+                "{n}"
+            );
+        }
+        for n in ["x-keygat", "x-request-id", "keygate-key-id", "xx-keygate-key-id"] {
+            assert!(
+                !id.is_identity(&HeaderName::from_bytes(n.as_bytes()).expect("name")),
+                "{n}"
+            );
+        }
+    }
+
+    #[test]
+    fn text_values_are_percent_encoded_when_needed() {
+        assert_eq!(text_value("ci deploy"), "ci deploy");
+        assert_eq!(text_value("café 100%"), "caf%C3%A9 100%25");
+        assert_eq!(text_value("a\r\nb"), "a%0D%0Ab");
+    }
+
+    #[test]
+    fn request_ids_are_reused_only_when_plain() {
+        let mut h = HeaderMap::new();
+        h.insert("x-request-id", HeaderValue::from_static("abc-123"));
+        assert_eq!(request_id(&h), "abc-123");
+        h.insert("x-request-id", HeaderValue::from_static("has space"));
+        assert_ne!(request_id(&h), "has space");
+        assert_ne!(new_request_id(), new_request_id());
+    }
+}

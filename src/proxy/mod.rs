@@ -1,0 +1,300 @@
+//! The data plane: listeners, the per-request handler, forwarding and refusals.
+//!
+//! Shape (DESIGN §8): one current-thread tokio runtime per worker thread, each with
+//! its own `SO_REUSEPORT` listener and its own upstream connection pool, `TCP_NODELAY`
+//! on both sides; no work-stealing and no lock on the request path. Decisions come
+//! from `auth`; this module only speaks HTTP.
+
+pub mod forward;
+pub mod headers;
+pub mod respond;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{HeaderName, HeaderValue};
+use http::{Request, Response, Version};
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::sync::watch;
+
+use crate::auth::{Decider, RequestHead};
+use crate::clock::SharedClock;
+use headers::Identity;
+
+/// Data-plane settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Listen address.
+    pub listen: SocketAddr,
+    /// Worker threads; 0 = one per core.
+    pub workers: usize,
+    /// Upstreams; index 0 is the default.
+    pub upstreams: Vec<Upstream>,
+    /// Upstream connect timeout.
+    pub connect_timeout: Duration,
+    /// Upstream response-head timeout.
+    pub response_timeout: Duration,
+    /// Idle upstream connections per worker and upstream.
+    pub pool_size: usize,
+    /// Drain time after shutdown is asked for.
+    pub shutdown_grace: Duration,
+    /// Identity header names.
+    pub identity: Identity,
+    /// Extra key header, stripped before forwarding.
+    pub key_header: Option<HeaderName>,
+}
+
+/// A plain-HTTP upstream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upstream {
+    authority: String,
+    host: HeaderValue,
+}
+
+impl Upstream {
+    /// Parses `http://host[:port][/]`.
+    ///
+    /// # Errors
+    /// A message saying what is wrong (scheme, path, port).
+    pub fn parse(url: &str) -> Result<Self, String> {
+        let uri: http::Uri = url.parse().map_err(|_| format!("`{url}` is not a URL"))?;
+        match uri.scheme_str() {
+            Some("http") => {}
+            Some("https") => {
+                return Err(format!(
+                    "`{url}`: TLS upstreams are not supported; run keygate next to the API and use http://"
+                ));
+            }
+            _ => return Err(format!("`{url}` must start with http://")),
+        }
+        if uri.path() != "/" || uri.query().is_some() {
+            return Err(format!(
+                "`{url}` must not have a path; routes forward the request path unchanged"
+            ));
+        }
+        let authority = uri.authority().ok_or_else(|| format!("`{url}` has no host"))?;
+        let host =
+            HeaderValue::from_str(authority.as_str()).map_err(|_| format!("`{url}` has an invalid host"))?;
+        let port = authority.port_u16().unwrap_or(80);
+        Ok(Self {
+            authority: format!("{}:{port}", authority.host()),
+            host,
+        })
+    }
+
+    /// `host:port` to connect to.
+    pub fn authority(&self) -> &str {
+        &self.authority
+    }
+}
+
+type Body = Either<forward::PooledBody, Full<Bytes>>;
+
+struct Shared {
+    decider: Arc<Decider>,
+    settings: Settings,
+    clock: SharedClock,
+}
+
+/// A running data plane.
+pub struct Running {
+    addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Running {
+    /// The bound address (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops accepting, lets in-flight requests finish within the grace period, and
+    /// waits for every worker to end.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        let threads = self.threads;
+        let _ = tokio::task::spawn_blocking(move || {
+            for t in threads {
+                let _ = t.join();
+            }
+        })
+        .await;
+    }
+}
+
+/// Binds the listeners and starts the worker threads.
+///
+/// # Errors
+/// When the address cannot be bound or a thread cannot start.
+pub fn start(settings: Settings, decider: Arc<Decider>, clock: SharedClock) -> std::io::Result<Running> {
+    let workers = match settings.workers {
+        0 => std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
+        n => n,
+    };
+    let first = bind(settings.listen)?;
+    let addr = first.local_addr()?;
+    let mut listeners = vec![first];
+    for _ in 1..workers {
+        listeners.push(bind(addr)?);
+    }
+    let (stop, stopped) = watch::channel(false);
+    let shared = Arc::new(Shared {
+        decider,
+        settings,
+        clock,
+    });
+    let mut threads = Vec::with_capacity(workers);
+    for (i, listener) in listeners.into_iter().enumerate() {
+        let shared = Arc::clone(&shared);
+        let stopped = stopped.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("keygate-proxy-{i}"))
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot start a proxy worker runtime");
+                        return;
+                    }
+                };
+                runtime.block_on(worker(listener, shared, stopped));
+            })?;
+        threads.push(thread);
+    }
+    tracing::info!(%addr, workers, "proxy listening");
+    Ok(Running { addr, stop, threads })
+}
+
+fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_tcp_nodelay(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    Ok(socket.into())
+}
+
+async fn worker(listener: std::net::TcpListener, shared: Arc<Shared>, mut stopped: watch::Receiver<bool>) {
+    let listener = match tokio::net::TcpListener::from_std(listener) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot register the proxy listener");
+            return;
+        }
+    };
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(30))
+        .max_buf_size(16 * 1024)
+        .max_headers(100);
+    let graceful = GracefulShutdown::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(pair) => pair,
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let shared = Arc::clone(&shared);
+                let service = service_fn(move |req| {
+                    let shared = Arc::clone(&shared);
+                    async move { Ok::<_, Infallible>(handle(&shared, peer, req).await) }
+                });
+                let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!(error = %e, "client connection ended with an error");
+                    }
+                });
+            }
+            _ = stopped.changed() => break,
+        }
+    }
+    drop(listener);
+    let grace = shared.settings.shutdown_grace;
+    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
+        tracing::warn!(
+            ?grace,
+            "shutdown grace period over; closing remaining connections"
+        );
+    }
+}
+
+async fn handle(shared: &Shared, peer: SocketAddr, req: Request<Incoming>) -> Response<Body> {
+    let request_id = headers::request_id(req.headers());
+    let decider = &shared.decider;
+    let policy = decider.settings().status;
+    let head = RequestHead {
+        method: req.method(),
+        path: req.uri().path(),
+        headers: req.headers(),
+    };
+    let grant = match decider.decide(head).await {
+        Ok(grant) => grant,
+        Err(denial) => {
+            let resp = respond::denial(&denial, &request_id, &policy);
+            tracing::debug!(method = %req.method(), status = resp.status().as_u16(), "refused");
+            return resp.map(Either::Right);
+        }
+    };
+    let route = grant.route;
+    let settings = &shared.settings;
+    let Some(upstream) = settings.upstreams.get(route.upstream) else {
+        return respond::error(
+            http::StatusCode::BAD_GATEWAY,
+            "upstream_unavailable",
+            "no upstream configured",
+            &request_id,
+        )
+        .map(Either::Right);
+    };
+    let (mut parts, body) = req.into_parts();
+    parts.uri = forward::origin_form(&parts.uri);
+    parts.version = Version::HTTP_11;
+    headers::prepare_request(
+        &mut parts.headers,
+        &settings.identity,
+        settings.key_header.as_ref(),
+        &headers::Forwarded {
+            key: grant.key.as_deref(),
+            peer,
+            request_id: &request_id,
+            host: &upstream.host,
+        },
+    );
+    let limits = forward::Limits {
+        connect: settings.connect_timeout,
+        response: settings.response_timeout,
+        pool_size: settings.pool_size,
+    };
+    match forward::send(route.upstream, upstream, limits, Request::from_parts(parts, body)).await {
+        Ok(mut resp) => {
+            headers::prepare_response(
+                resp.headers_mut(),
+                grant.usage.as_ref(),
+                &request_id,
+                shared.clock.now(),
+            );
+            tracing::debug!(route = %route.name, key_id = ?grant.key.as_ref().map(|k| k.id), status = resp.status().as_u16(), "forwarded");
+            resp.map(Either::Left)
+        }
+        Err(e) => respond::upstream(&e, &request_id).map(Either::Right),
+    }
+}

@@ -1,0 +1,301 @@
+//! The admin store: the source of truth for keys, quota usage and the audit log.
+//!
+//! One type, [`Store`], chosen by URL; SQLite is the embedded default. The store
+//! knows records and rows, not HTTP or caches. Every mutation writes an audit row,
+//! which running proxies read as a change feed ([`Store::changes_since`]).
+
+mod sqlite;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use uuid::Uuid;
+
+use crate::keys::{KeyRecord, Restrictions};
+
+/// A store failure.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The URL names no supported store.
+    #[error("unsupported store URL `{0}` (expected sqlite://PATH)")]
+    UnsupportedUrl(String),
+    /// The database refused or could not be reached.
+    #[error("database error")]
+    Database(#[from] sqlx::Error),
+    /// Applying migrations failed.
+    #[error("migration failed")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The runtime running the call shut down.
+    #[error("the store call was interrupted by shutdown")]
+    Interrupted,
+    /// A row could not be decoded.
+    #[error("corrupt row in the store: {0}")]
+    Corrupt(String),
+}
+
+/// Filters for [`Store::list`].
+#[derive(Debug, Clone, Default)]
+pub struct ListQuery {
+    /// Only keys of this org.
+    pub org: Option<String>,
+    /// Substring of the name or display prefix.
+    pub search: Option<String>,
+    /// Only keys in this status (`active`, `paused`, `expired`, `revoked`).
+    pub status: Option<crate::keys::Status>,
+    /// 1-based page.
+    pub page: u32,
+    /// Page size.
+    pub limit: u32,
+}
+
+/// One page of keys.
+#[derive(Debug, Clone, Serialize)]
+pub struct Page {
+    /// The keys on this page, newest first.
+    pub items: Vec<KeyRecord>,
+    /// Keys matching the filters, on all pages.
+    pub total: u64,
+    /// This page (1-based).
+    pub page: u32,
+    /// Page size.
+    pub limit: u32,
+}
+
+/// Changes to a key's mutable fields; `None` leaves a field alone.
+#[derive(Debug, Clone, Default)]
+pub struct Patch {
+    /// New name.
+    pub name: Option<String>,
+    /// New scopes.
+    pub scopes: Option<Vec<String>>,
+    /// New restrictions.
+    pub restrictions: Option<Restrictions>,
+    /// New quota override (`Some(None)` clears it).
+    pub quota_limit: Option<Option<u64>>,
+    /// New expiry (`Some(None)` clears it).
+    pub expires_at: Option<Option<DateTime<Utc>>>,
+    /// New metadata.
+    pub metadata: Option<serde_json::Value>,
+}
+
+impl Patch {
+    /// Applies the patch to `record`.
+    pub fn apply(&self, record: &mut KeyRecord) {
+        if let Some(v) = &self.name {
+            record.name.clone_from(v);
+        }
+        if let Some(v) = &self.scopes {
+            record.scopes.clone_from(v);
+        }
+        if let Some(v) = &self.restrictions {
+            record.restrictions.clone_from(v);
+        }
+        if let Some(v) = self.quota_limit {
+            record.quota_limit = v;
+        }
+        if let Some(v) = self.expires_at {
+            record.expires_at = v;
+        }
+        if let Some(v) = &self.metadata {
+            record.metadata.clone_from(v);
+        }
+    }
+}
+
+/// Charged units of one key in one quota period.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UsageRow {
+    /// The key.
+    pub key_id: Uuid,
+    /// Start of the period (unix seconds).
+    pub period_start: i64,
+    /// Units charged in the period so far.
+    pub used: u64,
+}
+
+/// A key change seen in the change feed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Change {
+    /// Position in the feed.
+    pub seq: i64,
+    /// The key that changed.
+    pub key_id: Option<Uuid>,
+}
+
+/// The admin store.
+#[derive(Debug, Clone)]
+pub enum Store {
+    /// An SQLite file (embedded default).
+    Sqlite(sqlite::Sqlite),
+}
+
+impl Store {
+    /// Opens (and creates and migrates, if needed) the store at `url`.
+    ///
+    /// # Errors
+    /// When the URL is unsupported, the database cannot be opened or migrations fail.
+    pub async fn open(url: &str) -> Result<Self, Error> {
+        if url.starts_with("sqlite:") {
+            return Ok(Self::Sqlite(sqlite::Sqlite::open(url).await?));
+        }
+        Err(Error::UnsupportedUrl(url.to_owned()))
+    }
+
+    /// Inserts a new key.
+    ///
+    /// # Errors
+    /// On database failure (including a duplicate hash).
+    pub async fn create(&self, record: &KeyRecord, actor: &str) -> Result<(), Error> {
+        match self {
+            Self::Sqlite(s) => s.create(record, actor).await,
+        }
+    }
+
+    /// The key with this hash, if any.
+    ///
+    /// # Errors
+    /// On database failure.
+    pub async fn find_by_hash(&self, hash: &crate::keys::KeyHash) -> Result<Option<KeyRecord>, Error> {
+        match self {
+            Self::Sqlite(s) => s.find_by_hash(hash).await,
+        }
+    }
+
+    /// The key with this id, if any.
+    ///
+    /// # Errors
+    /// On database failure.
+    pub async fn get(&self, id: Uuid) -> Result<Option<KeyRecord>, Error> {
+        match self {
+            Self::Sqlite(s) => s.get(id).await,
+        }
+    }
+
+    /// One page of keys matching `query`, newest first; statuses are judged at `now`.
+    ///
+    /// # Errors
+    /// On database failure.
+    pub async fn list(&self, query: &ListQuery, now: DateTime<Utc>) -> Result<Page, Error> {
+        match self {
+            Self::Sqlite(s) => s.list(query, now).await,
+        }
+    }
+
+    /// Applies `patch` to a key; `None` when the key does not exist.
+    ///
+    /// # Errors
+    /// On database failure.
+    pub async fn update(&self, id: Uuid, patch: &Patch, actor: &str) -> Result<Option<KeyRecord>, Error> {
+        match self {
+            Self::Sqlite(s) => s.update(id, patch, actor).await,
+        }
+    }
+
+    /// Pauses or resumes a key; `None` when the key does not exist.
+    ///
+    /// # Errors
+    /// On database failure.
+    pub async fn set_paused(&self, id: Uuid, paused: bool, actor: &str) -> Result<Option<KeyRecord>, Error> {
+        match self {
+            Self::Sqlite(s) => s.set_paused(id, paused, actor).await,
+        }
+    }
+
+    /// Revokes a key as of `at` (irreversible; an earlier revocation stands).
+    /// `None` when the key does not exist.
+    ///
+    /// # Errors
+    /// On database failure.
+    pub async fn revoke(&self, id: Uuid, at: DateTime<Utc>, actor: &str) -> Result<Option<KeyRecord>, Error> {
+        match self {
+            Self::Sqlite(s) => s.revoke(id, at, actor).await,
+        }
+    }
+
+    /// Inserts `new` as the successor of `old_id` and revokes the old key as of
+    /// `revoke_at`, in one transaction. `None` when the old key does not exist.
+    ///
+    /// # Errors
+    /// On database failure.
+    pub async fn rotate(
+        &self,
+        old_id: Uuid,
+        new: &KeyRecord,
+        revoke_at: DateTime<Utc>,
+        actor: &str,
+    ) -> Result<Option<KeyRecord>, Error> {
+        match self {
+            Self::Sqlite(s) => s.rotate(old_id, new, revoke_at, actor).await,
+        }
+    }
+
+    /// Units charged to a key in the period starting at `period_start`.
+    ///
+    /// # Errors
+    /// On database failure.
+    pub async fn usage(&self, key_id: Uuid, period_start: i64) -> Result<u64, Error> {
+        match self {
+            Self::Sqlite(s) => s.usage(key_id, period_start).await,
+        }
+    }
+
+    /// Writes a batch of usage counts and last-used times in one transaction.
+    ///
+    /// # Errors
+    /// On database failure.
+    pub async fn flush(&self, usage: &[UsageRow], last_used: &[(Uuid, DateTime<Utc>)]) -> Result<(), Error> {
+        match self {
+            Self::Sqlite(s) => s.flush(usage, last_used).await,
+        }
+    }
+
+    /// Key changes after `seq`, oldest first (at most 1,000).
+    ///
+    /// # Errors
+    /// On database failure.
+    pub async fn changes_since(&self, seq: i64) -> Result<Vec<Change>, Error> {
+        match self {
+            Self::Sqlite(s) => s.changes_since(seq).await,
+        }
+    }
+
+    /// The newest position in the change feed (0 when empty).
+    ///
+    /// # Errors
+    /// On database failure.
+    pub async fn last_change(&self) -> Result<i64, Error> {
+        match self {
+            Self::Sqlite(s) => s.last_change().await,
+        }
+    }
+
+    /// Closes all connections.
+    pub async fn close(&self) {
+        match self {
+            Self::Sqlite(s) => s.close().await,
+        }
+    }
+}
+
+/// Formats a timestamp as fixed-width UTC text (sorts as text).
+pub(crate) fn format_ts(at: DateTime<Utc>) -> String {
+    at.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
+}
+
+/// Parses [`format_ts`] output.
+pub(crate) fn parse_ts(s: &str) -> Result<DateTime<Utc>, Error> {
+    DateTime::parse_from_rfc3339(s)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|_| Error::Corrupt(format!("bad timestamp `{s}`")))
+}
+
+/// Runs a store call on the control runtime, which owns the database connections;
+/// the data-plane cores never drive database I/O themselves.
+///
+/// # Errors
+/// The call's own error, or [`Error::Interrupted`] when the control runtime is gone.
+pub async fn run_on<T: Send + 'static>(
+    control: &tokio::runtime::Handle,
+    call: impl Future<Output = Result<T, Error>> + Send + 'static,
+) -> Result<T, Error> {
+    control.spawn(call).await.map_err(|_| Error::Interrupted)?
+}

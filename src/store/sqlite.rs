@@ -1,0 +1,398 @@
+//! The SQLite admin store (embedded default): WAL mode, so a CLI in another process
+//! can change keys while `keygate serve` runs.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::Row;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+};
+use uuid::Uuid;
+
+use super::{Change, Error, ListQuery, Page, Patch, UsageRow, format_ts, parse_ts};
+use crate::keys::{KeyHash, KeyRecord, Owner, Status};
+
+const COLUMNS: &str = "id, org_id, owner_type, owner_id, name, display_prefix, key_hash, \
+    environment, scopes, restrictions, quota_limit, metadata, created_by, created_at, \
+    last_used_at, expires_at, paused, revoked_at";
+
+/// A pool of connections to one SQLite file.
+#[derive(Debug, Clone)]
+pub struct Sqlite {
+    pool: SqlitePool,
+}
+
+impl Sqlite {
+    pub(super) async fn open(url: &str) -> Result<Self, Error> {
+        let options = SqliteConnectOptions::from_str(url)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(5));
+        // An in-memory database exists per connection, so it gets exactly one.
+        let max = if url.contains(":memory:") || url.contains("mode=memory") {
+            1
+        } else {
+            4
+        };
+        let pool = SqlitePoolOptions::new()
+            .max_connections(max)
+            .connect_with(options)
+            .await?;
+        sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
+        Ok(Self { pool })
+    }
+
+    pub(super) async fn create(&self, r: &KeyRecord, actor: &str) -> Result<(), Error> {
+        let mut tx = self.pool.begin().await?;
+        insert(&mut tx, r).await?;
+        audit(
+            &mut tx,
+            actor,
+            "create",
+            Some(r.id),
+            serde_json::json!({"name": r.name}),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub(super) async fn find_by_hash(&self, hash: &KeyHash) -> Result<Option<KeyRecord>, Error> {
+        let sql = sqlx::AssertSqlSafe(format!("SELECT {COLUMNS} FROM keys WHERE key_hash = $1"));
+        let row = sqlx::query(sql)
+            .bind(hash.to_hex())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(decode).transpose()
+    }
+
+    pub(super) async fn get(&self, id: Uuid) -> Result<Option<KeyRecord>, Error> {
+        get(&self.pool, id).await
+    }
+
+    pub(super) async fn list(&self, q: &ListQuery, now: DateTime<Utc>) -> Result<Page, Error> {
+        // One static statement; absent filters are NULL and match everything.
+        const FILTER: &str = "WHERE ($1 IS NULL OR org_id = $1) \
+            AND ($2 IS NULL OR name LIKE $2 ESCAPE '\\' OR display_prefix LIKE $2 ESCAPE '\\') \
+            AND ($3 IS NULL OR (CASE \
+                WHEN revoked_at IS NOT NULL AND revoked_at <= $4 THEN 'revoked' \
+                WHEN paused <> 0 THEN 'paused' \
+                WHEN expires_at IS NOT NULL AND expires_at <= $4 THEN 'expired' \
+                ELSE 'active' END) = $3)";
+        let search = q.search.as_ref().map(|s| {
+            let escaped = s.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_");
+            format!("%{escaped}%")
+        });
+        let status = q.status.map(Status::as_str);
+        let now = format_ts(now);
+        let limit = q.limit.clamp(1, 1000);
+        let page = q.page.max(1);
+        let total: i64 = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT COUNT(*) FROM keys {FILTER}")))
+            .bind(&q.org)
+            .bind(&search)
+            .bind(status)
+            .bind(&now)
+            .fetch_one(&self.pool)
+            .await?
+            .try_get(0)?;
+        let sql =
+            format!("SELECT {COLUMNS} FROM keys {FILTER} ORDER BY created_at DESC, id LIMIT $5 OFFSET $6");
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(&q.org)
+            .bind(&search)
+            .bind(status)
+            .bind(&now)
+            .bind(i64::from(limit))
+            .bind(i64::from(page - 1) * i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(Page {
+            items: rows.iter().map(decode).collect::<Result<_, _>>()?,
+            total: u64::try_from(total).unwrap_or_default(),
+            page,
+            limit,
+        })
+    }
+
+    pub(super) async fn update(
+        &self,
+        id: Uuid,
+        patch: &Patch,
+        actor: &str,
+    ) -> Result<Option<KeyRecord>, Error> {
+        let mut tx = self.pool.begin().await?;
+        let Some(mut record) = get(&mut *tx, id).await? else {
+            return Ok(None);
+        };
+        patch.apply(&mut record);
+        sqlx::query(
+            "UPDATE keys SET name = $2, scopes = $3, restrictions = $4, quota_limit = $5, \
+             expires_at = $6, metadata = $7 WHERE id = $1",
+        )
+        .bind(id.to_string())
+        .bind(&record.name)
+        .bind(json(&record.scopes))
+        .bind(json(&record.restrictions))
+        .bind(record.quota_limit.map(to_i64))
+        .bind(record.expires_at.map(format_ts))
+        .bind(record.metadata.to_string())
+        .execute(&mut *tx)
+        .await?;
+        audit(&mut tx, actor, "update", Some(id), serde_json::json!({})).await?;
+        tx.commit().await?;
+        Ok(Some(record))
+    }
+
+    pub(super) async fn set_paused(
+        &self,
+        id: Uuid,
+        paused: bool,
+        actor: &str,
+    ) -> Result<Option<KeyRecord>, Error> {
+        let mut tx = self.pool.begin().await?;
+        let done = sqlx::query("UPDATE keys SET paused = $2 WHERE id = $1")
+            .bind(id.to_string())
+            .bind(paused)
+            .execute(&mut *tx)
+            .await?;
+        if done.rows_affected() == 0 {
+            return Ok(None);
+        }
+        let action = if paused { "pause" } else { "resume" };
+        audit(&mut tx, actor, action, Some(id), serde_json::json!({})).await?;
+        let record = get(&mut *tx, id).await?;
+        tx.commit().await?;
+        Ok(record)
+    }
+
+    pub(super) async fn revoke(
+        &self,
+        id: Uuid,
+        at: DateTime<Utc>,
+        actor: &str,
+    ) -> Result<Option<KeyRecord>, Error> {
+        let mut tx = self.pool.begin().await?;
+        let record = revoke(&mut tx, id, at).await?;
+        if record.is_some() {
+            audit(&mut tx, actor, "revoke", Some(id), serde_json::json!({})).await?;
+        }
+        tx.commit().await?;
+        Ok(record)
+    }
+
+    pub(super) async fn rotate(
+        &self,
+        old_id: Uuid,
+        new: &KeyRecord,
+        revoke_at: DateTime<Utc>,
+        actor: &str,
+    ) -> Result<Option<KeyRecord>, Error> {
+        let mut tx = self.pool.begin().await?;
+        if revoke(&mut tx, old_id, revoke_at).await?.is_none() {
+            return Ok(None);
+        }
+        insert(&mut tx, new).await?;
+        let detail = serde_json::json!({"new_id": new.id, "old_revoked_at": format_ts(revoke_at)});
+        audit(&mut tx, actor, "rotate", Some(old_id), detail).await?;
+        tx.commit().await?;
+        Ok(Some(new.clone()))
+    }
+
+    pub(super) async fn usage(&self, key_id: Uuid, period_start: i64) -> Result<u64, Error> {
+        let used: Option<i64> =
+            sqlx::query_scalar("SELECT used FROM quota_usage WHERE key_id = $1 AND period_start = $2")
+                .bind(key_id.to_string())
+                .bind(period_start)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(used.map_or(0, |u| u64::try_from(u).unwrap_or_default()))
+    }
+
+    pub(super) async fn flush(
+        &self,
+        usage: &[UsageRow],
+        last_used: &[(Uuid, DateTime<Utc>)],
+    ) -> Result<(), Error> {
+        let mut tx = self.pool.begin().await?;
+        for row in usage {
+            // One writer per SQLite store owns the count, so the larger value is the truth.
+            sqlx::query(
+                "INSERT INTO quota_usage (key_id, period_start, used) VALUES ($1, $2, $3) \
+                 ON CONFLICT (key_id, period_start) DO UPDATE SET used = MAX(used, excluded.used)",
+            )
+            .bind(row.key_id.to_string())
+            .bind(row.period_start)
+            .bind(to_i64(row.used))
+            .execute(&mut *tx)
+            .await?;
+        }
+        for (id, at) in last_used {
+            sqlx::query(
+                "UPDATE keys SET last_used_at = $2 WHERE id = $1 \
+                 AND (last_used_at IS NULL OR last_used_at < $2)",
+            )
+            .bind(id.to_string())
+            .bind(format_ts(*at))
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub(super) async fn changes_since(&self, seq: i64) -> Result<Vec<Change>, Error> {
+        let rows = sqlx::query("SELECT seq, key_id FROM audit_log WHERE seq > $1 ORDER BY seq LIMIT 1000")
+            .bind(seq)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|row| {
+                let key_id: Option<String> = row.try_get("key_id")?;
+                Ok(Change {
+                    seq: row.try_get("seq")?,
+                    key_id: key_id.as_deref().map(parse_uuid).transpose()?,
+                })
+            })
+            .collect()
+    }
+
+    pub(super) async fn last_change(&self) -> Result<i64, Error> {
+        let seq: Option<i64> = sqlx::query_scalar("SELECT MAX(seq) FROM audit_log")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(seq.unwrap_or(0))
+    }
+
+    pub(super) async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+type Tx = sqlx::Transaction<'static, sqlx::Sqlite>;
+
+async fn get<'e, E>(executor: E, id: Uuid) -> Result<Option<KeyRecord>, Error>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Sqlite>,
+{
+    let sql = sqlx::AssertSqlSafe(format!("SELECT {COLUMNS} FROM keys WHERE id = $1"));
+    let row = sqlx::query(sql)
+        .bind(id.to_string())
+        .fetch_optional(executor)
+        .await?;
+    row.as_ref().map(decode).transpose()
+}
+
+async fn insert(tx: &mut Tx, r: &KeyRecord) -> Result<(), Error> {
+    let (owner_type, owner_id) = match &r.owner {
+        Owner::User(id) => ("user", id),
+        Owner::Org(id) => ("org", id),
+    };
+    let sql = sqlx::AssertSqlSafe(format!(
+        "INSERT INTO keys ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)"
+    ));
+    sqlx::query(sql)
+        .bind(r.id.to_string())
+        .bind(&r.org_id)
+        .bind(owner_type)
+        .bind(owner_id)
+        .bind(&r.name)
+        .bind(&r.display_prefix)
+        .bind(r.hash.to_hex())
+        .bind(&r.environment)
+        .bind(json(&r.scopes))
+        .bind(json(&r.restrictions))
+        .bind(r.quota_limit.map(to_i64))
+        .bind(r.metadata.to_string())
+        .bind(&r.created_by)
+        .bind(format_ts(r.created_at))
+        .bind(r.last_used_at.map(format_ts))
+        .bind(r.expires_at.map(format_ts))
+        .bind(r.paused)
+        .bind(r.revoked_at.map(format_ts))
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+async fn revoke(tx: &mut Tx, id: Uuid, at: DateTime<Utc>) -> Result<Option<KeyRecord>, Error> {
+    sqlx::query("UPDATE keys SET revoked_at = $2 WHERE id = $1 AND (revoked_at IS NULL OR revoked_at > $2)")
+        .bind(id.to_string())
+        .bind(format_ts(at))
+        .execute(&mut **tx)
+        .await?;
+    get(&mut **tx, id).await
+}
+
+async fn audit(
+    tx: &mut Tx,
+    actor: &str,
+    action: &str,
+    key_id: Option<Uuid>,
+    detail: serde_json::Value,
+) -> Result<(), Error> {
+    sqlx::query("INSERT INTO audit_log (at, actor, action, key_id, detail) VALUES ($1, $2, $3, $4, $5)")
+        .bind(format_ts(Utc::now()))
+        .bind(actor)
+        .bind(action)
+        .bind(key_id.map(|id| id.to_string()))
+        .bind(detail.to_string())
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+fn decode(row: &SqliteRow) -> Result<KeyRecord, Error> {
+    let text = |name: &str| -> Result<String, Error> { Ok(row.try_get::<String, _>(name)?) };
+    let opt_ts = |name: &str| -> Result<Option<DateTime<Utc>>, Error> {
+        row.try_get::<Option<String>, _>(name)?
+            .as_deref()
+            .map(parse_ts)
+            .transpose()
+    };
+    let owner_id = text("owner_id")?;
+    let owner = match text("owner_type")?.as_str() {
+        "user" => Owner::User(owner_id),
+        _ => Owner::Org(owner_id),
+    };
+    let hash = text("key_hash")?;
+    Ok(KeyRecord {
+        id: parse_uuid(&text("id")?)?,
+        org_id: row.try_get("org_id")?,
+        owner,
+        name: text("name")?,
+        display_prefix: text("display_prefix")?,
+        hash: KeyHash::from_hex(&hash).ok_or_else(|| Error::Corrupt("bad key hash".into()))?,
+        environment: text("environment")?,
+        scopes: from_json(&text("scopes")?)?,
+        restrictions: from_json(&text("restrictions")?)?,
+        quota_limit: row
+            .try_get::<Option<i64>, _>("quota_limit")?
+            .map(|q| u64::try_from(q).unwrap_or_default()),
+        metadata: from_json(&text("metadata")?)?,
+        created_by: text("created_by")?,
+        created_at: parse_ts(&text("created_at")?)?,
+        last_used_at: opt_ts("last_used_at")?,
+        expires_at: opt_ts("expires_at")?,
+        paused: row.try_get("paused")?,
+        revoked_at: opt_ts("revoked_at")?,
+    })
+}
+
+fn parse_uuid(s: &str) -> Result<Uuid, Error> {
+    Uuid::parse_str(s).map_err(|_| Error::Corrupt(format!("bad uuid `{s}`")))
+}
+
+fn json<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_string(value).unwrap_or_else(|_| "null".into())
+}
+
+fn from_json<T: serde::de::DeserializeOwned>(s: &str) -> Result<T, Error> {
+    serde_json::from_str(s).map_err(|e| Error::Corrupt(format!("bad JSON column: {e}")))
+}
+
+fn to_i64(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
