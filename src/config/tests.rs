@@ -1,1 +1,114 @@
+use std::collections::HashMap;
+use std::path::Path;
 
+use super::*;
+
+fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+    pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+}
+
+fn messages(src: &str) -> Vec<String> {
+    match parse(src, &env(&[])) {
+        Ok(_) => Vec::new(),
+        Err(d) => d
+            .into_iter()
+            .map(|d| match d.at {
+                Some((l, c)) => format!("{l}:{c}: {}", d.message),
+                None => d.message,
+            })
+            .collect(),
+    }
+}
+
+#[test]
+fn the_example_config_loads() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let config = load(&root.join("config/keygate.toml"), &env(&[])).expect("example config is valid");
+    assert_eq!(config.auth.routes.routes().len(), 4);
+    assert_eq!(config.quota.limit, 1000);
+    assert_eq!(config.proxy.listen.to_string(), "127.0.0.1:8080");
+    assert!(config.admin_listen.is_some());
+}
+
+#[test]
+fn the_quickstart_config_loads_once_filled_in() {
+    let text = include_str!("../../config/quickstart.toml")
+        .replace("{LISTEN}", "127.0.0.1:0")
+        .replace("{UPSTREAM}", "http://127.0.0.1:1")
+        .replace("{STORE}", "sqlite::memory:");
+    assert!(parse(&text, &env(&[])).is_ok());
+}
+
+#[test]
+fn an_empty_file_gives_the_documented_defaults() {
+    let config = parse("", &env(&[])).expect("defaults are valid");
+    assert_eq!(config.store.url, "sqlite://keygate.db");
+    assert_eq!(config.quota.limit, 1000);
+    assert_eq!(config.quota.period, crate::quota::Period::Days(30));
+    assert_eq!(config.auth.credentials.format.prefix(), "kg");
+    assert_eq!(config.auth.status.revoked, http::StatusCode::UNAUTHORIZED);
+    assert!(config.auth.routes.routes().is_empty());
+}
+
+#[test]
+fn every_problem_is_reported_at_once_with_line_and_column() {
+    let src = include_str!("../../config/test/invalid.toml");
+    let got = messages(src);
+    let expected = [
+        "2:10: proxy.listen: `localhost` is not an address like 127.0.0.1:8080",
+        "3:12: proxy.upstream: `https://api.example.com`: TLS upstreams are not supported",
+        "4:13: proxy.unmatched: `maybe` must be `deny` or `authenticate`",
+        "5:1: unknown key `proxy.listne`",
+        "8:18: keys.revoked_status: 404 must be 401 or 403",
+        "11:10: quota.period: `monthly` must be `month` or `<N>d`",
+        "15:8: route `a`: org_param `orgz` is not a `{param}` of the path",
+        "17:1: unknown key `route.0.scops`",
+        "20:8: route `a` is defined twice",
+        "21:12: route `a`: `get` is not an uppercase HTTP method",
+        "22:8: route `a`: `**` may only be the last segment",
+    ];
+    for want in expected {
+        assert!(got.iter().any(|g| g.starts_with(want)), "missing `{want}` in {got:#?}");
+    }
+    assert_eq!(got.len(), expected.len(), "{got:#?}");
+}
+
+#[test]
+fn syntax_errors_have_a_place() {
+    let got = messages("[proxy]\nlisten = \n");
+    assert_eq!(got.len(), 1);
+    assert!(got[0].starts_with("2:"), "{got:?}");
+}
+
+#[test]
+fn type_errors_have_a_place() {
+    let got = messages("[quota]\nlimit = \"lots\"\n");
+    assert_eq!(got.len(), 1);
+    assert!(got[0].starts_with("2:9"), "{got:?}");
+}
+
+#[test]
+fn unsupported_tables_are_refused_clearly() {
+    let got = messages("[redis]\nurl = \"redis://127.0.0.1\"\n");
+    assert!(got[0].contains("[redis]"), "{got:?}");
+    let got = messages("[rate_limit]\nper_key = \"1/s\"\n");
+    assert!(got[0].contains("unknown key `rate_limit`"), "{got:?}");
+}
+
+#[test]
+fn database_url_comes_from_the_environment() {
+    let config = parse("", &env(&[("KEYGATE_DATABASE_URL", "sqlite:///tmp/x.db")])).expect("valid");
+    assert_eq!(config.store.url, "sqlite:///tmp/x.db");
+}
+
+#[test]
+fn durations_parse() {
+    assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
+    assert_eq!(parse_duration("5s"), Some(Duration::from_secs(5)));
+    assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
+    assert_eq!(parse_duration("1h"), Some(Duration::from_secs(3600)));
+    assert_eq!(parse_duration("30d"), Some(Duration::from_secs(30 * 86_400)));
+    for bad in ["", "5", "s", "5x", "-1s", "1.5s"] {
+        assert_eq!(parse_duration(bad), None, "{bad}");
+    }
+}
