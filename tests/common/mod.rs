@@ -1,0 +1,356 @@
+//! Test harness: keygate in-process on 127.0.0.1:0 with the embedded defaults
+//! (SQLite in a temp dir, local quota), in front of real loopback upstreams:
+//! an echo server that returns every header it received as JSON, and a "hang"
+//! server that never answers and reports when keygate closes the connection.
+
+#![allow(dead_code)]
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use bytes::Bytes;
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use keygate::app::{self, App};
+use keygate::clock::{ManualClock, SharedClock, SystemClock};
+use keygate::keys::KeyRecord;
+use keygate::manage::NewKey;
+use serde_json::Value;
+use tempfile::TempDir;
+use tokio::io::AsyncReadExt;
+
+/// The echo upstream.
+pub struct Echo {
+    pub addr: SocketAddr,
+    hits: Arc<AtomicUsize>,
+}
+
+impl Echo {
+    pub async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind echo");
+        let addr = listener.local_addr().expect("addr");
+        let hits = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&hits);
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { continue };
+                let counter = Arc::clone(&counter);
+                tokio::spawn(async move {
+                    let service = service_fn(move |req| {
+                        counter.fetch_add(1, Ordering::SeqCst);
+                        async move { Ok::<_, Infallible>(echo(req)) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Self { addr, hits }
+    }
+
+    /// Requests that reached the upstream so far.
+    pub fn hits(&self) -> usize {
+        self.hits.load(Ordering::SeqCst)
+    }
+}
+
+fn echo(req: Request<Incoming>) -> Response<Either<Incoming, Full<Bytes>>> {
+    if req.uri().path() == "/v1/echo-body" {
+        return Response::new(Either::Left(req.into_body()));
+    }
+    let headers: Vec<(String, String)> = req
+        .headers()
+        .iter()
+        .map(|(k, v)| (k.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+        .collect();
+    let body = serde_json::json!({
+        "method": req.method().as_str(),
+        "path": req.uri().path(),
+        "query": req.uri().query(),
+        "headers": headers,
+    });
+    let mut resp = Response::new(Either::Right(Full::new(Bytes::from(body.to_string()))));
+    resp.headers_mut().insert("content-type", "application/json".parse().expect("value"));
+    resp
+}
+
+/// An upstream that reads the request and never answers; it counts connections
+/// that the proxy closed.
+pub struct Hang {
+    pub addr: SocketAddr,
+    closed: Arc<AtomicUsize>,
+    accepted: Arc<AtomicUsize>,
+}
+
+impl Hang {
+    pub async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind hang");
+        let addr = listener.local_addr().expect("addr");
+        let closed = Arc::new(AtomicUsize::new(0));
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let (c, a) = (Arc::clone(&closed), Arc::clone(&accepted));
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut stream, _)) = listener.accept().await else { continue };
+                a.fetch_add(1, Ordering::SeqCst);
+                let c = Arc::clone(&c);
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 65536];
+                    loop {
+                        match stream.read(&mut buf).await {
+                            Ok(0) | Err(_) => {
+                                c.fetch_add(1, Ordering::SeqCst);
+                                return;
+                            }
+                            Ok(_) => {}
+                        }
+                    }
+                });
+            }
+        });
+        Self { addr, closed, accepted }
+    }
+
+    pub fn closed(&self) -> usize {
+        self.closed.load(Ordering::SeqCst)
+    }
+
+    pub fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
+    }
+}
+
+/// The routes every test app has; `{ECHO}` and `{HANG}` are filled in.
+pub const ROUTES: &str = r#"
+[[route]]
+name = "read-items"
+methods = ["GET", "HEAD"]
+path = "/v1/orgs/{org}/items/**"
+scopes = ["read"]
+org_param = "org"
+
+[[route]]
+name = "write-items"
+methods = ["POST", "PUT", "PATCH", "DELETE"]
+path = "/v1/orgs/{org}/items/**"
+scopes = ["write"]
+org_param = "org"
+
+[[route]]
+name = "report"
+methods = ["POST"]
+path = "/v1/orgs/{org}/reports"
+scopes = ["read", "execute"]
+org_param = "org"
+cost = 10
+
+[[route]]
+name = "echo-body"
+methods = ["POST"]
+path = "/v1/echo-body"
+scopes = ["read"]
+
+[[route]]
+name = "admin-things"
+path = "/v1/admin/**"
+scopes = ["admin"]
+
+[[route]]
+name = "hang"
+path = "/v1/hang"
+scopes = ["read"]
+upstream = "http://{HANG}"
+
+[[route]]
+name = "down"
+path = "/v1/down"
+scopes = ["read"]
+upstream = "http://127.0.0.1:9"
+
+[[route]]
+name = "health"
+path = "/healthz"
+public = true
+"#;
+
+/// Options for a test app.
+#[derive(Clone)]
+pub struct Options {
+    /// Extra TOML placed before the routes (tables like `[keys]`).
+    pub extra: String,
+    /// `deny` or `authenticate`.
+    pub unmatched: &'static str,
+    pub clock: Option<ManualClock>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self { extra: String::new(), unmatched: "deny", clock: None }
+    }
+}
+
+/// keygate running in-process.
+pub struct TestApp {
+    app: Option<App>,
+    pub addr: SocketAddr,
+    pub echo: Echo,
+    pub hang: Hang,
+    pub dir: TempDir,
+    pub client: reqwest::Client,
+    options: Options,
+}
+
+impl TestApp {
+    pub async fn start() -> Self {
+        Self::with(Options::default()).await
+    }
+
+    pub async fn with(options: Options) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let echo = Echo::start().await;
+        let hang = Hang::start().await;
+        Self::boot(options, dir, echo, hang).await
+    }
+
+    async fn boot(options: Options, dir: TempDir, echo: Echo, hang: Hang) -> Self {
+        let config = config_text(&options, &dir, &echo, &hang);
+        let config = keygate::config::parse(&config, &std::collections::HashMap::new())
+            .unwrap_or_else(|d| panic!("test config invalid: {d:?}"));
+        let clock: SharedClock = match &options.clock {
+            Some(c) => Arc::new(c.clone()),
+            None => Arc::new(SystemClock),
+        };
+        let app = app::start(config, clock).await.expect("keygate starts");
+        let addr = app.proxy_addr();
+        let client = reqwest::Client::builder().build().expect("client");
+        Self { app: Some(app), addr, echo, hang, dir, client, options }
+    }
+
+    /// Shuts down gracefully and starts again on the same store.
+    pub async fn restart(mut self) -> Self {
+        self.app.take().expect("running").shutdown().await.expect("clean shutdown");
+        Self::boot(self.options.clone(), self.dir, self.echo, self.hang).await
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(app) = self.app.take() {
+            app.shutdown().await.expect("clean shutdown");
+        }
+    }
+
+    pub fn app(&self) -> &App {
+        self.app.as_ref().expect("running")
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn store_url(&self) -> String {
+        format!("sqlite://{}/keygate.db", self.dir.path().display())
+    }
+
+    /// Creates a key through the same path as the CLI; returns the plaintext and record.
+    pub async fn key(&self, new: NewKey) -> (String, KeyRecord) {
+        let (key, record) = self.app().keys().create(new, "tests").await.expect("create key");
+        (key.expose().to_owned(), record)
+    }
+
+    /// A key of org `acme` with `scopes`.
+    pub async fn acme_key(&self, scopes: &[&str]) -> (String, KeyRecord) {
+        self.key(NewKey {
+            name: "test key".into(),
+            org_id: Some("acme".into()),
+            scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
+            ..NewKey::default()
+        })
+        .await
+    }
+
+    pub async fn get(&self, path: &str, key: &str) -> reqwest::Response {
+        self.client
+            .get(self.url(path))
+            .bearer_auth(key)
+            .send()
+            .await
+            .expect("request")
+    }
+}
+
+/// The config file text of a test app.
+pub fn config_text(options: &Options, dir: &TempDir, echo: &Echo, hang: &Hang) -> String {
+    format!(
+        r#"
+[proxy]
+listen = "127.0.0.1:0"
+upstream = "http://{echo}"
+unmatched = "{unmatched}"
+workers = 2
+connect_timeout = "1s"
+response_timeout = "1s"
+shutdown_grace = "5s"
+key_header = "X-API-Key"
+
+[store]
+url = "sqlite://{dir}/keygate.db"
+poll_interval = "50ms"
+flush_interval = "100ms"
+
+[quota]
+limit = 1000
+period = "month"
+
+{extra}
+{routes}"#,
+        echo = echo.addr,
+        unmatched = options.unmatched,
+        dir = dir.path().display(),
+        extra = options.extra,
+        routes = ROUTES.replace("{HANG}", &hang.addr.to_string()),
+    )
+}
+
+/// The error code of a refusal body.
+pub async fn code(resp: reqwest::Response) -> String {
+    let body: Value = resp.json().await.expect("JSON error body");
+    body["error"]["code"].as_str().expect("error.code").to_owned()
+}
+
+/// The headers the echo upstream received, as (name, value) pairs.
+pub async fn received(resp: reqwest::Response) -> Vec<(String, String)> {
+    assert_eq!(resp.status(), 200, "expected the request to reach the upstream");
+    let body: Value = resp.json().await.expect("echo JSON");
+    body["headers"]
+        .as_array()
+        .expect("headers")
+        .iter()
+        .map(|pair| {
+            (
+                pair[0].as_str().expect("name").to_owned(),
+                pair[1].as_str().expect("value").to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// Sends a GET with an exact request-target over a raw connection; returns status and body.
+pub async fn raw_get(addr: SocketAddr, target: &str, key: &str) -> (u16, String) {
+    use tokio::io::AsyncWriteExt;
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let request = format!(
+        "GET {target} HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer {key}\r\nConnection: close\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let mut out = Vec::new();
+    stream.read_to_end(&mut out).await.expect("read");
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let status = text.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned();
+    (status, body)
+}
