@@ -52,7 +52,7 @@ enum Command {
     },
     /// Manage keys directly in the store.
     #[command(subcommand)]
-    Keys(KeysCommand),
+    Keys(Box<KeysCommand>),
 }
 
 #[derive(Debug, Subcommand)]
@@ -222,7 +222,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::CheckConfig { file } => Ok(check_config(file.as_deref().unwrap_or(&cli.config))),
         Command::Keys(command) => {
             let config = load(&cli.config)?;
-            keys(command, &config, clock).await
+            keys(*command, &config, clock).await
         }
     }
 }

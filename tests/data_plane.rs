@@ -28,8 +28,22 @@ struct Case {
     code: &'static str,
 }
 
-fn case(what: &'static str, method: Method, path: &'static str, headers: Vec<(&'static str, String)>, status: u16, code: &'static str) -> Case {
-    Case { what, method, path, headers, status, code }
+fn case(
+    what: &'static str,
+    method: Method,
+    path: &'static str,
+    headers: Vec<(&'static str, String)>,
+    status: u16,
+    code: &'static str,
+) -> Case {
+    Case {
+        what,
+        method,
+        path,
+        headers,
+        status,
+        code,
+    }
 }
 
 fn bearer(key: &str) -> Vec<(&'static str, String)> {
@@ -44,16 +58,48 @@ async fn every_refusal_has_its_status_code_and_json_and_reaches_no_upstream() {
     app.app().keys().revoke(r.id, "tests").await.expect("revoke");
     let (paused, p) = app.acme_key(&["read"]).await;
     app.app().keys().pause(p.id, "tests").await.expect("pause");
-    let (expired, _) = app.key(NewKey { expires_at: Some(Utc::now() - Duration::seconds(1)), ..acme(&["read"]) }).await;
-    let (test_env, _) = app.key(NewKey { environment: Some("test".into()), ..acme(&["read"]) }).await;
-    let (beta, _) = app.key(NewKey { org_id: Some("beta".into()), ..acme(&["read"]) }).await;
+    let (expired, _) = app
+        .key(NewKey {
+            expires_at: Some(Utc::now() - Duration::seconds(1)),
+            ..acme(&["read"])
+        })
+        .await;
+    let (test_env, _) = app
+        .key(NewKey {
+            environment: Some("test".into()),
+            ..acme(&["read"])
+        })
+        .await;
+    let (beta, _) = app
+        .key(NewKey {
+            org_id: Some("beta".into()),
+            ..acme(&["read"])
+        })
+        .await;
     let (read_only, _) = app
-        .key(NewKey { restrictions: Restrictions { read_only: true, routes: vec![] }, ..acme(&["read", "write"]) })
+        .key(NewKey {
+            restrictions: Restrictions {
+                read_only: true,
+                routes: vec![],
+            },
+            ..acme(&["read", "write"])
+        })
         .await;
     let (one_route, _) = app
-        .key(NewKey { restrictions: Restrictions { read_only: false, routes: vec!["read-items".into()] }, ..acme(&["read", "execute"]) })
+        .key(NewKey {
+            restrictions: Restrictions {
+                read_only: false,
+                routes: vec!["read-items".into()],
+            },
+            ..acme(&["read", "execute"])
+        })
         .await;
-    let (no_quota, _) = app.key(NewKey { quota_limit: Some(0), ..acme(&["read"]) }).await;
+    let (no_quota, _) = app
+        .key(NewKey {
+            quota_limit: Some(0),
+            ..acme(&["read"])
+        })
+        .await;
     let format = Format::new("kg", "live").expect("format");
     let unknown = ApiKey::generate(&format, "live").expect("random");
     let typo = format!("{}x", &read[..read.len() - 1]);
@@ -61,30 +107,175 @@ async fn every_refusal_has_its_status_code_and_json_and_reaches_no_upstream() {
     let items = "/v1/orgs/acme/items/1";
 
     let cases = vec![
-        case("no credential", Method::GET, items, vec![], 401, "missing_api_key"),
-        case("basic auth", Method::GET, items, vec![("authorization", "Basic dXNlcjpwYXNz".into())], 401, "missing_api_key"),
-        case("empty bearer", Method::GET, items, vec![("authorization", "Bearer ".into())], 401, "missing_api_key"),
-        case("checksum typo", Method::GET, items, bearer(&typo), 401, "malformed_api_key"),
-        case("truncated", Method::GET, items, bearer(&read[..20]), 401, "malformed_api_key"),
-        case("foreign token", Method::GET, items, bearer("sk_live_51HabcdefGHIJ"), 401, "malformed_api_key"),
+        case(
+            "no credential",
+            Method::GET,
+            items,
+            vec![],
+            401,
+            "missing_api_key",
+        ),
+        case(
+            "basic auth",
+            Method::GET,
+            items,
+            vec![("authorization", "Basic dXNlcjpwYXNz".into())],
+            401,
+            "missing_api_key",
+        ),
+        case(
+            "empty bearer",
+            Method::GET,
+            items,
+            vec![("authorization", "Bearer ".into())],
+            401,
+            "missing_api_key",
+        ),
+        case(
+            "checksum typo",
+            Method::GET,
+            items,
+            bearer(&typo),
+            401,
+            "malformed_api_key",
+        ),
+        case(
+            "truncated",
+            Method::GET,
+            items,
+            bearer(&read[..20]),
+            401,
+            "malformed_api_key",
+        ),
+        case(
+            "foreign token",
+            Method::GET,
+            items,
+            bearer("sk_live_51HabcdefGHIJ"),
+            401,
+            "malformed_api_key",
+        ),
         case("jwt", Method::GET, items, bearer(&jwt), 401, "not_an_api_key"),
-        case("test key on live", Method::GET, items, bearer(&test_env), 401, "wrong_environment"),
-        case("unknown key", Method::GET, items, bearer(unknown.expose()), 401, "unknown_api_key"),
-        case("revoked", Method::GET, items, bearer(&revoked), 401, "key_revoked"),
+        case(
+            "test key on live",
+            Method::GET,
+            items,
+            bearer(&test_env),
+            401,
+            "wrong_environment",
+        ),
+        case(
+            "unknown key",
+            Method::GET,
+            items,
+            bearer(unknown.expose()),
+            401,
+            "unknown_api_key",
+        ),
+        case(
+            "revoked",
+            Method::GET,
+            items,
+            bearer(&revoked),
+            401,
+            "key_revoked",
+        ),
         case("paused", Method::GET, items, bearer(&paused), 401, "key_paused"),
-        case("expired", Method::GET, items, bearer(&expired), 401, "key_expired"),
-        case("read key writes", Method::POST, items, bearer(&read), 403, "insufficient_scope"),
-        case("read key on report", Method::POST, "/v1/orgs/acme/reports", bearer(&read), 403, "insufficient_scope"),
-        case("other org's path", Method::GET, items, bearer(&beta), 403, "org_mismatch"),
-        case("read-only key writes", Method::DELETE, items, bearer(&read_only), 403, "key_restricted"),
-        case("route allowlist", Method::POST, "/v1/orgs/acme/reports", bearer(&one_route), 403, "key_restricted"),
-        case("unmatched path", Method::GET, "/v2/nothing", bearer(&read), 404, "route_not_found"),
-        case("quota spent", Method::GET, items, bearer(&no_quota), 429, "quota_exceeded"),
-        case("two credentials", Method::GET, items, vec![("authorization", format!("Bearer {read}")), ("x-api-key", read.clone())], 400, "ambiguous_credentials"),
-        case("upstream down", Method::GET, "/v1/down", bearer(&read), 502, "upstream_unavailable"),
-        case("upstream silent", Method::GET, "/v1/hang", bearer(&read), 504, "upstream_timeout"),
+        case(
+            "expired",
+            Method::GET,
+            items,
+            bearer(&expired),
+            401,
+            "key_expired",
+        ),
+        case(
+            "read key writes",
+            Method::POST,
+            items,
+            bearer(&read),
+            403,
+            "insufficient_scope",
+        ),
+        case(
+            "read key on report",
+            Method::POST,
+            "/v1/orgs/acme/reports",
+            bearer(&read),
+            403,
+            "insufficient_scope",
+        ),
+        case(
+            "other org's path",
+            Method::GET,
+            items,
+            bearer(&beta),
+            403,
+            "org_mismatch",
+        ),
+        case(
+            "read-only key writes",
+            Method::DELETE,
+            items,
+            bearer(&read_only),
+            403,
+            "key_restricted",
+        ),
+        case(
+            "route allowlist",
+            Method::POST,
+            "/v1/orgs/acme/reports",
+            bearer(&one_route),
+            403,
+            "key_restricted",
+        ),
+        case(
+            "unmatched path",
+            Method::GET,
+            "/v2/nothing",
+            bearer(&read),
+            404,
+            "route_not_found",
+        ),
+        case(
+            "quota spent",
+            Method::GET,
+            items,
+            bearer(&no_quota),
+            429,
+            "quota_exceeded",
+        ),
+        case(
+            "two credentials",
+            Method::GET,
+            items,
+            vec![
+                ("authorization", format!("Bearer {read}")),
+                ("x-api-key", read.clone()),
+            ],
+            400,
+            "ambiguous_credentials",
+        ),
+        case(
+            "upstream down",
+            Method::GET,
+            "/v1/down",
+            bearer(&read),
+            502,
+            "upstream_unavailable",
+        ),
+        case(
+            "upstream silent",
+            Method::GET,
+            "/v1/hang",
+            bearer(&read),
+            504,
+            "upstream_timeout",
+        ),
     ];
-    let all_keys = [&read, &revoked, &paused, &expired, &test_env, &beta, &read_only, &one_route, &no_quota];
+    let all_keys = [
+        &read, &revoked, &paused, &expired, &test_env, &beta, &read_only, &one_route, &no_quota,
+    ];
     for c in cases {
         let before = app.echo.hits();
         let mut req = app.client.request(c.method.clone(), app.url(c.path));
@@ -96,7 +287,14 @@ async fn every_refusal_has_its_status_code_and_json_and_reaches_no_upstream() {
         assert_eq!(resp.headers()["content-type"], "application/json", "{}", c.what);
         let request_id = resp.headers()["x-request-id"].to_str().expect("id").to_owned();
         if c.status == 401 {
-            assert!(resp.headers()["www-authenticate"].to_str().expect("ascii").starts_with("Bearer"), "{}", c.what);
+            assert!(
+                resp.headers()["www-authenticate"]
+                    .to_str()
+                    .expect("ascii")
+                    .starts_with("Bearer"),
+                "{}",
+                c.what
+            );
         }
         if c.status == 429 {
             assert!(resp.headers().contains_key("retry-after"), "{}", c.what);
@@ -104,12 +302,20 @@ async fn every_refusal_has_its_status_code_and_json_and_reaches_no_upstream() {
         }
         let text = resp.text().await.expect("body");
         for key in all_keys {
-            assert!(!text.contains(key.as_str()), "{}: the key leaked into the error body", c.what);
+            assert!(
+                !text.contains(key.as_str()),
+                "{}: the key leaked into the error body",
+                c.what
+            );
         }
         let body: Value = serde_json::from_str(&text).expect("JSON");
         assert_eq!(body["error"]["code"], c.code, "{}", c.what);
         assert_eq!(body["error"]["request_id"], request_id.as_str(), "{}", c.what);
-        assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{}", c.what);
+        assert!(
+            body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "{}",
+            c.what
+        );
         assert_eq!(app.echo.hits(), before, "{}: reached the upstream", c.what);
     }
     app.stop().await;
@@ -117,7 +323,11 @@ async fn every_refusal_has_its_status_code_and_json_and_reaches_no_upstream() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revoked_status_can_be_403() {
-    let app = TestApp::with(Options { extra: "[keys]\nrevoked_status = 403\n".into(), ..Options::default() }).await;
+    let app = TestApp::with(Options {
+        extra: "[keys]\nrevoked_status = 403\n".into(),
+        ..Options::default()
+    })
+    .await;
     let (key, record) = app.acme_key(&["read"]).await;
     app.app().keys().revoke(record.id, "tests").await.expect("revoke");
     let resp = app.get("/v1/orgs/acme/items/1", &key).await;
@@ -140,13 +350,26 @@ async fn a_valid_key_is_forwarded_with_its_identity_and_without_the_credential()
         .expect("request");
     assert_eq!(resp.headers()["ratelimit-limit"], "1000");
     assert_eq!(resp.headers()["ratelimit-remaining"], "999");
-    assert!(resp.headers()["ratelimit-reset"].to_str().expect("ascii").parse::<u64>().expect("secs") > 0);
+    assert!(
+        resp.headers()["ratelimit-reset"]
+            .to_str()
+            .expect("ascii")
+            .parse::<u64>()
+            .expect("secs")
+            > 0
+    );
     assert_eq!(resp.headers()["x-request-id"], "trace-123");
     let body: Value = resp.json().await.expect("json");
     assert_eq!(body["path"], "/v1/orgs/acme/items/7");
     assert_eq!(body["query"], "page=2");
     let headers: Vec<(String, String)> = serde_json::from_value(body["headers"].clone()).expect("pairs");
-    let get = |name: &str| -> Vec<&str> { headers.iter().filter(|(k, _)| k == name).map(|(_, v)| v.as_str()).collect() };
+    let get = |name: &str| -> Vec<&str> {
+        headers
+            .iter()
+            .filter(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    };
     assert_eq!(get("x-keygate-key-id"), [record.id.to_string()]);
     assert_eq!(get("x-keygate-key-name"), ["test key"]);
     assert_eq!(get("x-keygate-org-id"), ["acme"]);
@@ -168,7 +391,13 @@ async fn a_valid_key_is_forwarded_with_its_identity_and_without_the_credential()
 async fn the_key_header_works_and_is_stripped() {
     let app = TestApp::start().await;
     let (key, _) = app.acme_key(&["read"]).await;
-    let resp = app.client.get(app.url("/v1/orgs/acme/items/1")).header("X-API-Key", &key).send().await.expect("request");
+    let resp = app
+        .client
+        .get(app.url("/v1/orgs/acme/items/1"))
+        .header("X-API-Key", &key)
+        .send()
+        .await
+        .expect("request");
     let headers = received(resp).await;
     assert!(headers.iter().all(|(k, v)| k != "x-api-key" && !v.contains(&key)));
     app.stop().await;
@@ -176,7 +405,11 @@ async fn the_key_header_works_and_is_stripped() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spoofed_identity_headers_never_reach_the_upstream() {
-    let app = TestApp::with(Options { unmatched: "authenticate", ..Options::default() }).await;
+    let app = TestApp::with(Options {
+        unmatched: "authenticate",
+        ..Options::default()
+    })
+    .await;
     let (key, record) = app.acme_key(&["read"]).await;
     let spoofs: &[(&str, &str)] = &[
         ("X-Keygate-Key-Id", "spoof-1"),
@@ -202,18 +435,29 @@ async fn spoofed_identity_headers_never_reach_the_upstream() {
         ("X-Keygate-Scopes", "spoof-21,admin"),
         ("x_keygate_auth_method", "spoof-22"),
     ];
-    let paths = ["/v1/orgs/acme/items/1", "/healthz", "/v2/unmatched-but-authenticated"];
+    let paths = [
+        "/v1/orgs/acme/items/1",
+        "/healthz",
+        "/v2/unmatched-but-authenticated",
+    ];
     for path in paths {
         for (name, value) in spoofs {
             // Each alone, and together with a Connection header naming it.
             for connection in [None, Some(*name)] {
-                let mut req = app.client.get(app.url(path)).bearer_auth(&key).header(*name, *value);
+                let mut req = app
+                    .client
+                    .get(app.url(path))
+                    .bearer_auth(&key)
+                    .header(*name, *value);
                 if let Some(c) = connection {
                     req = req.header("connection", c);
                 }
                 let headers = received(req.send().await.expect("request")).await;
                 for (k, v) in &headers {
-                    assert!(!v.contains("spoof-"), "{path}: {name} reached the upstream as {k}: {v}");
+                    assert!(
+                        !v.contains("spoof-"),
+                        "{path}: {name} reached the upstream as {k}: {v}"
+                    );
                 }
                 if path != "/healthz" {
                     let ids: Vec<_> = headers.iter().filter(|(k, _)| k == "x-keygate-key-id").collect();
@@ -228,7 +472,10 @@ async fn spoofed_identity_headers_never_reach_the_upstream() {
             req = req.header(*name, *value);
         }
         let headers = received(req.send().await.expect("request")).await;
-        assert!(headers.iter().all(|(_, v)| !v.contains("spoof-")), "{path}: {headers:?}");
+        assert!(
+            headers.iter().all(|(_, v)| !v.contains("spoof-")),
+            "{path}: {headers:?}"
+        );
     }
     app.stop().await;
 }
@@ -244,11 +491,27 @@ async fn public_routes_need_no_key_and_mark_the_request_unauthenticated() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unmatched_paths_can_require_just_a_valid_key() {
-    let app = TestApp::with(Options { unmatched: "authenticate", ..Options::default() }).await;
+    let app = TestApp::with(Options {
+        unmatched: "authenticate",
+        ..Options::default()
+    })
+    .await;
     let (key, _) = app.acme_key(&[]).await;
     let resp = app.get("/anything/else", &key).await;
-    assert_eq!(received(resp).await.iter().filter(|(k, _)| k == "x-keygate-key-id").count(), 1);
-    let resp = app.client.get(app.url("/anything/else")).send().await.expect("request");
+    assert_eq!(
+        received(resp)
+            .await
+            .iter()
+            .filter(|(k, _)| k == "x-keygate-key-id")
+            .count(),
+        1
+    );
+    let resp = app
+        .client
+        .get(app.url("/anything/else"))
+        .send()
+        .await
+        .expect("request");
     assert_eq!(resp.status(), 401);
     assert_eq!(code(resp).await, "missing_api_key");
     app.stop().await;
@@ -258,9 +521,18 @@ async fn unmatched_paths_can_require_just_a_valid_key() {
 async fn org_binding_follows_the_path_not_the_key() {
     let app = TestApp::start().await;
     let (acme_key, _) = app.acme_key(&["read"]).await;
-    let (platform_key, _) = app.key(NewKey { org_id: None, ..acme(&["read"]) }).await;
+    let (platform_key, _) = app
+        .key(NewKey {
+            org_id: None,
+            ..acme(&["read"])
+        })
+        .await;
     assert_eq!(app.get("/v1/orgs/acme/items/1", &acme_key).await.status(), 200);
-    for path in ["/v1/orgs/beta/items/1", "/v1/orgs/ACME/items/1", "/v1/orgs/acme2/items"] {
+    for path in [
+        "/v1/orgs/beta/items/1",
+        "/v1/orgs/ACME/items/1",
+        "/v1/orgs/acme2/items",
+    ] {
         let resp = app.get(path, &acme_key).await;
         assert_eq!(resp.status(), 403, "{path}");
         assert_eq!(code(resp).await, "org_mismatch");
@@ -268,19 +540,35 @@ async fn org_binding_follows_the_path_not_the_key() {
     // Percent-encoded org names are compared decoded.
     assert_eq!(app.get("/v1/orgs/%61cme/items/1", &acme_key).await.status(), 200);
     // A key without an org is not a wildcard.
-    assert_eq!(code(app.get("/v1/orgs/acme/items/1", &platform_key).await).await, "org_mismatch");
+    assert_eq!(
+        code(app.get("/v1/orgs/acme/items/1", &platform_key).await).await,
+        "org_mismatch"
+    );
     app.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_route_cost_is_charged_per_request() {
     let app = TestApp::start().await;
-    let (key, _) = app.key(NewKey { quota_limit: Some(25), ..acme(&["read", "execute"]) }).await;
-    let post = || app.client.post(app.url("/v1/orgs/acme/reports")).bearer_auth(&key).send();
+    let (key, _) = app
+        .key(NewKey {
+            quota_limit: Some(25),
+            ..acme(&["read", "execute"])
+        })
+        .await;
+    let post = || {
+        app.client
+            .post(app.url("/v1/orgs/acme/reports"))
+            .bearer_auth(&key)
+            .send()
+    };
     let first = post().await.expect("request");
     assert_eq!(first.status(), 200);
     assert_eq!(first.headers()["ratelimit-remaining"], "15");
-    assert_eq!(post().await.expect("request").headers()["ratelimit-remaining"], "5");
+    assert_eq!(
+        post().await.expect("request").headers()["ratelimit-remaining"],
+        "5"
+    );
     let third = post().await.expect("request");
     assert_eq!(third.status(), 429, "10 more units do not fit in the 5 left");
     // A cheaper request still fits.
@@ -294,7 +582,9 @@ async fn a_route_cost_is_charged_per_request() {
 async fn fifty_megabytes_stream_through_both_ways() {
     let app = TestApp::start().await;
     let (key, _) = app.acme_key(&["read"]).await;
-    let body: Vec<u8> = (0..50 * 1024 * 1024u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
+    let body: Vec<u8> = (0..50 * 1024 * 1024u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect();
     let resp = app
         .client
         .post(app.url("/v1/echo-body"))
@@ -327,7 +617,11 @@ async fn a_client_that_disconnects_cancels_the_upstream_request() {
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
     assert_eq!(app.hang.accepted(), 1);
-    assert_eq!(app.hang.closed(), 1, "keygate kept the upstream request open after the client left");
+    assert_eq!(
+        app.hang.closed(),
+        1,
+        "keygate kept the upstream request open after the client left"
+    );
     app.stop().await;
 }
 

@@ -34,7 +34,7 @@ pub fn check(key: &KeyRecord, matched: &Matched<'_, '_>, method: &Method) -> Res
             reason: "the key is read-only",
         });
     }
-    if !restrictions.routes.is_empty() && !restrictions.routes.iter().any(|r| *r == route.name) {
+    if !restrictions.routes.is_empty() && !restrictions.routes.contains(&route.name) {
         return Err(Rejection::KeyRestricted {
             reason: "the key may not use this route",
         });

@@ -4,7 +4,10 @@ use std::path::Path;
 use super::*;
 
 fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-    pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
 }
 
 fn messages(src: &str) -> Vec<String> {
@@ -68,7 +71,10 @@ fn every_problem_is_reported_at_once_with_line_and_column() {
         "22:8: route `a`: `**` may only be the last segment",
     ];
     for want in expected {
-        assert!(got.iter().any(|g| g.starts_with(want)), "missing `{want}` in {got:#?}");
+        assert!(
+            got.iter().any(|g| g.starts_with(want)),
+            "missing `{want}` in {got:#?}"
+        );
     }
     assert_eq!(got.len(), expected.len(), "{got:#?}");
 }

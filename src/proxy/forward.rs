@@ -94,7 +94,7 @@ pub async fn send(
         }
         match exchange(&mut sender, req, limits.response).await {
             Ok(resp) => return Ok(PooledBody::wrap(resp, sender, index, limits.pool_size)),
-            Err(Retry::Again(back)) => req = back,
+            Err(Retry::Again(back)) => req = *back,
             Err(Retry::No(e)) => return Err(e),
         }
     }
@@ -109,7 +109,7 @@ pub async fn send(
 }
 
 enum Retry {
-    Again(Request<Incoming>),
+    Again(Box<Request<Incoming>>),
     No(Error),
 }
 
@@ -122,7 +122,7 @@ async fn exchange(
         Err(_) => Err(Retry::No(Error::Timeout("answer"))),
         Ok(Ok(resp)) => Ok(resp),
         Ok(Err(mut e)) => match e.take_message() {
-            Some(req) => Err(Retry::Again(req)),
+            Some(req) => Err(Retry::Again(Box::new(req))),
             None => Err(Retry::No(Error::Http(e.into_error()))),
         },
     }

@@ -254,10 +254,10 @@ fn uuid_value(key: &KeyRecord) -> HeaderValue {
 /// A header value for free text: bytes outside printable ASCII (and `%`) are
 /// percent-encoded, so any name fits and can be decoded upstream.
 fn text_value(s: &str) -> HeaderValue {
-    if s.bytes().all(|b| (0x20..0x7f).contains(&b) && b != b'%') {
-        if let Ok(v) = HeaderValue::from_str(s) {
-            return v;
-        }
+    if s.bytes().all(|b| (0x20..0x7f).contains(&b) && b != b'%')
+        && let Ok(v) = HeaderValue::from_str(s)
+    {
+        return v;
     }
     let encoded: String = s
         .bytes()

@@ -32,13 +32,17 @@ pub struct Echo {
 
 impl Echo {
     pub async fn start() -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind echo");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind echo");
         let addr = listener.local_addr().expect("addr");
         let hits = Arc::new(AtomicUsize::new(0));
         let counter = Arc::clone(&hits);
         tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else { continue };
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
                 let counter = Arc::clone(&counter);
                 tokio::spawn(async move {
                     let service = service_fn(move |req| {
@@ -67,7 +71,12 @@ fn echo(req: Request<Incoming>) -> Response<Either<Incoming, Full<Bytes>>> {
     let headers: Vec<(String, String)> = req
         .headers()
         .iter()
-        .map(|(k, v)| (k.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+        .map(|(k, v)| {
+            (
+                k.as_str().to_owned(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
         .collect();
     let body = serde_json::json!({
         "method": req.method().as_str(),
@@ -76,7 +85,8 @@ fn echo(req: Request<Incoming>) -> Response<Either<Incoming, Full<Bytes>>> {
         "headers": headers,
     });
     let mut resp = Response::new(Either::Right(Full::new(Bytes::from(body.to_string()))));
-    resp.headers_mut().insert("content-type", "application/json".parse().expect("value"));
+    resp.headers_mut()
+        .insert("content-type", "application/json".parse().expect("value"));
     resp
 }
 
@@ -90,14 +100,18 @@ pub struct Hang {
 
 impl Hang {
     pub async fn start() -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind hang");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind hang");
         let addr = listener.local_addr().expect("addr");
         let closed = Arc::new(AtomicUsize::new(0));
         let accepted = Arc::new(AtomicUsize::new(0));
         let (c, a) = (Arc::clone(&closed), Arc::clone(&accepted));
         tokio::spawn(async move {
             loop {
-                let Ok((mut stream, _)) = listener.accept().await else { continue };
+                let Ok((mut stream, _)) = listener.accept().await else {
+                    continue;
+                };
                 a.fetch_add(1, Ordering::SeqCst);
                 let c = Arc::clone(&c);
                 tokio::spawn(async move {
@@ -114,7 +128,11 @@ impl Hang {
                 });
             }
         });
-        Self { addr, closed, accepted }
+        Self {
+            addr,
+            closed,
+            accepted,
+        }
     }
 
     pub fn closed(&self) -> usize {
@@ -191,7 +209,11 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Self {
-        Self { extra: String::new(), unmatched: "deny", clock: None }
+        Self {
+            extra: String::new(),
+            unmatched: "deny",
+            clock: None,
+        }
     }
 }
 
@@ -229,12 +251,25 @@ impl TestApp {
         let app = app::start(config, clock).await.expect("keygate starts");
         let addr = app.proxy_addr();
         let client = reqwest::Client::builder().build().expect("client");
-        Self { app: Some(app), addr, echo, hang, dir, client, options }
+        Self {
+            app: Some(app),
+            addr,
+            echo,
+            hang,
+            dir,
+            client,
+            options,
+        }
     }
 
     /// Shuts down gracefully and starts again on the same store.
     pub async fn restart(mut self) -> Self {
-        self.app.take().expect("running").shutdown().await.expect("clean shutdown");
+        self.app
+            .take()
+            .expect("running")
+            .shutdown()
+            .await
+            .expect("clean shutdown");
         Self::boot(self.options.clone(), self.dir, self.echo, self.hang).await
     }
 

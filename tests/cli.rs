@@ -1,0 +1,272 @@
+//! The binary as users run it: `serve`, `keys ...`, `check-config`, with every
+//! process's logs captured at trace level and searched for key material.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::Echo;
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_keygate");
+
+struct Cli {
+    config: PathBuf,
+    logs: Arc<Mutex<String>>,
+}
+
+impl Cli {
+    fn run(&self, args: &[&str]) -> Output {
+        let out = Command::new(BIN)
+            .args(args)
+            .arg("--config")
+            .arg(&self.config)
+            .env("RUST_LOG", "trace")
+            .output()
+            .expect("run keygate");
+        self.logs
+            .lock()
+            .expect("logs")
+            .push_str(&String::from_utf8_lossy(&out.stderr));
+        out
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("exactly one JSON document on stdout")
+    }
+}
+
+fn write_config(dir: &Path, upstream: &str) -> PathBuf {
+    let path = dir.join("keygate.toml");
+    let text = format!(
+        r#"
+[proxy]
+listen = "127.0.0.1:0"
+upstream = "http://{upstream}"
+workers = 1
+
+[store]
+url = "sqlite://{dir}/keygate.db"
+poll_interval = "50ms"
+
+[[route]]
+name = "read-items"
+methods = ["GET"]
+path = "/v1/orgs/{{org}}/items/**"
+scopes = ["read"]
+org_param = "org"
+"#,
+        dir = dir.display()
+    );
+    std::fs::write(&path, text).expect("write config");
+    path
+}
+
+fn serve(config: &Path, logs: Arc<Mutex<String>>) -> (Child, String) {
+    let mut child = Command::new(BIN)
+        .args(["--log-format", "json", "serve", "--config"])
+        .arg(config)
+        .env("RUST_LOG", "trace")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start keygate serve");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Ok(v) = serde_json::from_str::<Value>(&line)
+                && let Some(addr) = v["fields"]["addr"].as_str()
+            {
+                let _ = tx.send(addr.to_owned());
+            }
+            let mut logs = logs.lock().expect("logs");
+            logs.push_str(&line);
+            logs.push('\n');
+        }
+    });
+    let addr = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("serve logs its address");
+    (child, addr)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_serves_manages_keys_and_never_logs_a_key() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let echo = Echo::start().await;
+    let logs = Arc::new(Mutex::new(String::new()));
+    let cli = Cli {
+        config: write_config(dir.path(), &echo.addr.to_string()),
+        logs: Arc::clone(&logs),
+    };
+
+    let created = cli.json(&[
+        "keys",
+        "create",
+        "--name",
+        "ci",
+        "--org",
+        "acme",
+        "--scopes",
+        "read,execute",
+        "--quota",
+        "5000",
+        "--actor",
+        "alice",
+        "--json",
+    ]);
+    let key = created["key"].as_str().expect("key").to_owned();
+    let id = created["id"].as_str().expect("id").to_owned();
+    assert!(key.starts_with("kg_live_"));
+    assert_eq!(created["created_by"], "alice");
+    assert_eq!(created["prefix"], &key[..16]);
+    let other = cli.json(&["keys", "create", "--name", "other", "--org", "beta", "--json"]);
+    let other_key = other["key"].as_str().expect("key").to_owned();
+    let test_key = cli.json(&[
+        "keys", "create", "--name", "t", "--org", "acme", "--env", "test", "--json",
+    ])["key"]
+        .as_str()
+        .expect("key")
+        .to_owned();
+
+    let (mut server, addr) = serve(&cli.config, Arc::clone(&logs));
+    let client = reqwest::Client::new();
+    let url = format!("http://{addr}/v1/orgs/acme/items/1");
+    let typo = format!("{}0", &key[..key.len() - 1]);
+    let mut statuses = Vec::new();
+    for k in [&key, &other_key, &test_key, &typo] {
+        let resp = client.get(&url).bearer_auth(k).send().await.expect("request");
+        statuses.push(resp.status().as_u16());
+    }
+    assert_eq!(statuses, [200, 403, 401, 401]);
+
+    // list and show never print the key, in either format.
+    let list = cli.run(&["keys", "list", "--org", "acme"]);
+    let list_text = String::from_utf8_lossy(&list.stdout).into_owned();
+    assert!(list.status.success());
+    for expected in ["ID", "PREFIX", "CREATED BY", "LAST USED", "alice", &key[..16]] {
+        assert!(
+            list_text.contains(expected),
+            "`{expected}` missing from:\n{list_text}"
+        );
+    }
+    let listed = cli.json(&["keys", "list", "--search", "ci", "--json"]);
+    assert_eq!(listed["total"], 1);
+    assert_eq!(listed["items"][0]["id"], id.as_str());
+    let shown = cli.run(&["keys", "show", &id]);
+    for out in [
+        list_text,
+        listed.to_string(),
+        String::from_utf8_lossy(&shown.stdout).into_owned(),
+    ] {
+        assert!(!out.contains(&key), "a listing printed the key");
+    }
+
+    let revoked = cli.json(&["keys", "revoke", &id, "--json"]);
+    assert_eq!(revoked["status"], "revoked");
+    let deadline = Instant::now() + Duration::from_secs(1);
+    loop {
+        let status = client
+            .get(&url)
+            .bearer_auth(&key)
+            .send()
+            .await
+            .expect("request")
+            .status();
+        if status == 401 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "CLI revoke not honoured by serve within 1 s"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    // SIGTERM: drain, flush, exit 0.
+    let killed = Command::new("kill")
+        .args(["-TERM", &server.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    let exit = server.wait().expect("wait");
+    assert!(exit.success(), "serve exited with {exit:?}");
+    let shown = cli.json(&["keys", "show", &id, "--json"]);
+    assert!(
+        shown["last_used_at"].is_string(),
+        "last use was flushed at shutdown"
+    );
+
+    let logs = logs.lock().expect("logs").clone();
+    assert!(logs.contains("proxy listening"), "logs were captured");
+    assert!(
+        logs.lines().count() > 50,
+        "trace logs were captured ({} lines)",
+        logs.lines().count()
+    );
+    for k in [&key, &other_key, &test_key, &typo] {
+        assert!(!logs.contains(k.as_str()), "a key appeared in the logs");
+        // Nor its secret part on its own.
+        assert!(
+            !logs.contains(&k[16..]),
+            "a key's secret part appeared in the logs"
+        );
+    }
+}
+
+#[test]
+fn check_config_lists_every_problem_and_fails() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = Command::new(BIN)
+        .arg("check-config")
+        .arg(root.join("config/test/invalid.toml"))
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("has 11 problem(s)"), "{err}");
+    assert!(
+        err.contains("invalid.toml:5:1: unknown key `proxy.listne`"),
+        "{err}"
+    );
+    let ok = Command::new(BIN)
+        .arg("check-config")
+        .arg(root.join("config/keygate.toml"))
+        .output()
+        .expect("run");
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+}
+
+#[test]
+fn bad_cli_input_gets_a_clear_error() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cli = Cli {
+        config: write_config(dir.path(), "127.0.0.1:9"),
+        logs: Arc::default(),
+    };
+    let out = cli.run(&["keys", "create", "--name", "x", "--scopes", "Bad Scope"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("scope `Bad Scope`"));
+    let out = cli.run(&["keys", "show", "00000000-0000-0000-0000-000000000000"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no key with id"));
+    let out = cli.run(&["keys", "revoke", "not-a-uuid"]);
+    assert_eq!(out.status.code(), Some(2), "clap usage error");
+    let out = Command::new(BIN)
+        .args(["serve", "--config", "/nonexistent/keygate.toml"])
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read config file"));
+}

@@ -1,0 +1,151 @@
+//! Key lifecycle as the proxy sees it: revoke, pause, resume, update, rotate and
+//! expiry take effect on the next request in-process, and within one change-feed
+//! interval when the CLI changes the store from another process.
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{Options, TestApp, code};
+use keygate::clock::ManualClock;
+use keygate::manage::NewKey;
+use keygate::store::Patch;
+
+const ITEMS: &str = "/v1/orgs/acme/items/1";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revocation_takes_effect_on_the_next_request() {
+    let app = TestApp::start().await;
+    let (key, record) = app.acme_key(&["read"]).await;
+    assert_eq!(app.get(ITEMS, &key).await.status(), 200, "cached now");
+    app.app().keys().revoke(record.id, "tests").await.expect("revoke");
+    let resp = app.get(ITEMS, &key).await;
+    assert_eq!(resp.status(), 401);
+    assert_eq!(code(resp).await, "key_revoked");
+    // Revoking again changes nothing and keeps the first time.
+    let again = app
+        .app()
+        .keys()
+        .revoke(record.id, "tests")
+        .await
+        .expect("revoke again");
+    let first = app.app().keys().get(record.id).await.expect("get");
+    assert_eq!(again.revoked_at, first.revoked_at);
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_resume_and_scope_changes_take_effect_on_the_next_request() {
+    let app = TestApp::start().await;
+    let (key, record) = app.acme_key(&["read"]).await;
+    let keys = app.app().keys();
+    assert_eq!(app.get(ITEMS, &key).await.status(), 200);
+    keys.pause(record.id, "tests").await.expect("pause");
+    assert_eq!(code(app.get(ITEMS, &key).await).await, "key_paused");
+    keys.resume(record.id, "tests").await.expect("resume");
+    assert_eq!(app.get(ITEMS, &key).await.status(), 200);
+    let patch = Patch {
+        scopes: Some(vec!["write".into()]),
+        ..Patch::default()
+    };
+    keys.update(record.id, &patch, "tests").await.expect("update");
+    assert_eq!(code(app.get(ITEMS, &key).await).await, "insufficient_scope");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_expires_at_its_time_even_while_cached() {
+    let clock = ManualClock::new("2026-05-01T00:00:00Z".parse().expect("time"));
+    let app = TestApp::with(Options {
+        clock: Some(clock.clone()),
+        ..Options::default()
+    })
+    .await;
+    let expires_at = "2026-05-01T01:00:00Z".parse().ok();
+    let (key, _) = app
+        .key(NewKey {
+            expires_at,
+            ..NewKey {
+                name: "short".into(),
+                org_id: Some("acme".into()),
+                scopes: vec!["read".into()],
+                ..NewKey::default()
+            }
+        })
+        .await;
+    assert_eq!(app.get(ITEMS, &key).await.status(), 200);
+    clock.advance(chrono::Duration::minutes(60));
+    assert_eq!(code(app.get(ITEMS, &key).await).await, "key_expired");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotation_issues_a_working_key_and_retires_the_old_one() {
+    let app = TestApp::start().await;
+    let (old, record) = app.acme_key(&["read"]).await;
+    let keys = app.app().keys();
+    let (new, new_record) = keys
+        .rotate(record.id, chrono::Duration::zero(), "tests")
+        .await
+        .expect("rotate");
+    assert_ne!(new_record.id, record.id);
+    assert_eq!(new_record.scopes, record.scopes);
+    assert_eq!(app.get(ITEMS, new.expose()).await.status(), 200);
+    assert_eq!(code(app.get(ITEMS, &old).await).await, "key_revoked");
+
+    // With an overlap, both work until the old one's time is up.
+    let (older, rec) = app.acme_key(&["read"]).await;
+    let (newer, _) = keys
+        .rotate(rec.id, chrono::Duration::hours(1), "tests")
+        .await
+        .expect("rotate");
+    assert_eq!(app.get(ITEMS, &older).await.status(), 200);
+    assert_eq!(app.get(ITEMS, newer.expose()).await.status(), 200);
+    app.stop().await;
+}
+
+fn cli(app: &TestApp, args: &[&str]) -> std::process::Output {
+    let config = app.dir.path().join("cli.toml");
+    std::fs::write(&config, format!("[store]\nurl = \"{}\"\n", app.store_url())).expect("write config");
+    Command::new(env!("CARGO_BIN_EXE_keygate"))
+        .arg("keys")
+        .args(args)
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .expect("run keygate")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cli_revoke_from_another_process_is_honoured_within_a_second() {
+    let app = TestApp::start().await;
+    let (key, record) = app.acme_key(&["read"]).await;
+    assert_eq!(app.get(ITEMS, &key).await.status(), 200, "cached now");
+    for (command, expected) in [("pause", "key_paused"), ("resume", ""), ("revoke", "key_revoked")] {
+        let out = cli(&app, &[command, &record.id.to_string(), "--actor", "ops"]);
+        assert!(
+            out.status.success(),
+            "{command}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let changed = Instant::now();
+        loop {
+            let resp = app.get(ITEMS, &key).await;
+            let done = if expected.is_empty() {
+                resp.status() == 200
+            } else {
+                resp.status() != 200 && code(resp).await == expected
+            };
+            if done {
+                break;
+            }
+            assert!(
+                changed.elapsed() < Duration::from_secs(1),
+                "{command} not honoured within 1 s"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    app.stop().await;
+}
