@@ -658,3 +658,22 @@ async fn ambiguous_paths_are_refused_before_any_lookup() {
     assert_eq!(app.echo.hits(), 0);
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_request_heads_get_431() {
+    let app = TestApp::start().await;
+    let (key, _) = app.acme_key(&["read"]).await;
+    let head = |extra: String| {
+        format!(
+            "GET /v1/orgs/acme/items/1 HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {key}\r\n{extra}Connection: close\r\n\r\n"
+        )
+    };
+    let big = head(format!("X-Big: {}\r\n", "a".repeat(17 * 1024)));
+    assert_eq!(common::raw(app.addr, big.as_bytes()).await.0, 431);
+    let many = head((0..101).map(|i| format!("X-H{i}: 1\r\n")).collect());
+    assert_eq!(common::raw(app.addr, many.as_bytes()).await.0, 431);
+    let fine = head((0..80).map(|i| format!("X-H{i}: 1\r\n")).collect());
+    assert_eq!(common::raw(app.addr, fine.as_bytes()).await.0, 200);
+    assert_eq!(app.echo.hits(), 1);
+    app.stop().await;
+}

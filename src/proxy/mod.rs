@@ -295,6 +295,14 @@ async fn handle(shared: &Shared, peer: SocketAddr, req: Request<Incoming>) -> Re
             tracing::debug!(route = %route.name, key_id = ?grant.key.as_ref().map(|k| k.id), status = resp.status().as_u16(), "forwarded");
             resp.map(Either::Left)
         }
-        Err(e) => respond::upstream(&e, &request_id).map(Either::Right),
+        Err(e) => {
+            let mut resp = respond::upstream(&e, &request_id);
+            if let Some(usage) = &grant.usage {
+                // The request was charged; the client still learns where it stands.
+                let reset = crate::quota::seconds_until(usage.reset_at, shared.clock.now());
+                headers::insert_rate_limit(resp.headers_mut(), usage.limit, usage.remaining, reset);
+            }
+            resp.map(Either::Right)
+        }
     }
 }

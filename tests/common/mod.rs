@@ -376,12 +376,17 @@ pub async fn received(resp: reqwest::Response) -> Vec<(String, String)> {
 
 /// Sends a GET with an exact request-target over a raw connection; returns status and body.
 pub async fn raw_get(addr: SocketAddr, target: &str, key: &str) -> (u16, String) {
-    use tokio::io::AsyncWriteExt;
-    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
     let request = format!(
         "GET {target} HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer {key}\r\nConnection: close\r\n\r\n"
     );
-    stream.write_all(request.as_bytes()).await.expect("write");
+    raw(addr, request.as_bytes()).await
+}
+
+/// Sends raw bytes and reads until the server closes; returns status and body.
+pub async fn raw(addr: SocketAddr, request: &[u8]) -> (u16, String) {
+    use tokio::io::AsyncWriteExt;
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    stream.write_all(request).await.expect("write");
     let mut out = Vec::new();
     stream.read_to_end(&mut out).await.expect("read");
     let text = String::from_utf8_lossy(&out).into_owned();
