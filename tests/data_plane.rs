@@ -629,10 +629,19 @@ async fn a_client_that_disconnects_cancels_the_upstream_request() {
 async fn upstream_connections_are_reused() {
     let app = TestApp::start().await;
     let (key, _) = app.acme_key(&["read"]).await;
-    for _ in 0..50 {
-        assert_eq!(app.get("/v1/orgs/acme/items/1", &key).await.status(), 200);
+    for i in 0..50 {
+        let resp = if i % 2 == 0 {
+            app.get("/v1/orgs/acme/items/1", &key).await
+        } else {
+            // A HEAD response has no body at all; its connection must come back too.
+            app.client.head(app.url("/v1/orgs/acme/items/1")).bearer_auth(&key).send().await.expect("request")
+        };
+        assert_eq!(resp.status(), 200);
+        resp.bytes().await.expect("body");
     }
     assert_eq!(app.echo.hits(), 50);
+    // Two workers, one client connection at a time: at most one upstream connection each.
+    assert!(app.echo.connections() <= 2, "{} upstream connections for 50 requests", app.echo.connections());
     app.stop().await;
 }
 

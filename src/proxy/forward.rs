@@ -179,6 +179,16 @@ impl PooledBody {
     }
 }
 
+impl Drop for PooledBody {
+    fn drop(&mut self) {
+        // A body dropped before its end (the client went away) closes its connection:
+        // the upstream may still be sending.
+        if self.inner.is_end_stream() {
+            self.release();
+        }
+    }
+}
+
 impl Body for PooledBody {
     type Data = Bytes;
     type Error = hyper::Error;
@@ -189,8 +199,11 @@ impl Body for PooledBody {
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         match &polled {
-            Poll::Ready(None) => self.release(),
             Poll::Ready(Some(Err(_))) => self.sender = None,
+            // hyper's server drops a body as soon as it reports its end, without polling
+            // it again, so the connection goes back right after the last frame.
+            Poll::Ready(_) if self.inner.is_end_stream() => self.release(),
+            Poll::Ready(None) => self.release(),
             _ => {}
         }
         polled

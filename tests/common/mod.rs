@@ -28,6 +28,7 @@ use tokio::io::AsyncReadExt;
 pub struct Echo {
     pub addr: SocketAddr,
     hits: Arc<AtomicUsize>,
+    connections: Arc<AtomicUsize>,
 }
 
 impl Echo {
@@ -37,12 +38,15 @@ impl Echo {
             .expect("bind echo");
         let addr = listener.local_addr().expect("addr");
         let hits = Arc::new(AtomicUsize::new(0));
+        let connections = Arc::new(AtomicUsize::new(0));
         let counter = Arc::clone(&hits);
+        let accepted = Arc::clone(&connections);
         tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
+                accepted.fetch_add(1, Ordering::SeqCst);
                 let counter = Arc::clone(&counter);
                 tokio::spawn(async move {
                     let service = service_fn(move |req| {
@@ -55,7 +59,12 @@ impl Echo {
                 });
             }
         });
-        Self { addr, hits }
+        Self { addr, hits, connections }
+    }
+
+    /// Connections keygate opened to the upstream so far.
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
     }
 
     /// Requests that reached the upstream so far.
