@@ -634,14 +634,23 @@ async fn upstream_connections_are_reused() {
             app.get("/v1/orgs/acme/items/1", &key).await
         } else {
             // A HEAD response has no body at all; its connection must come back too.
-            app.client.head(app.url("/v1/orgs/acme/items/1")).bearer_auth(&key).send().await.expect("request")
+            app.client
+                .head(app.url("/v1/orgs/acme/items/1"))
+                .bearer_auth(&key)
+                .send()
+                .await
+                .expect("request")
         };
         assert_eq!(resp.status(), 200);
         resp.bytes().await.expect("body");
     }
     assert_eq!(app.echo.hits(), 50);
     // Two workers, one client connection at a time: at most one upstream connection each.
-    assert!(app.echo.connections() <= 2, "{} upstream connections for 50 requests", app.echo.connections());
+    assert!(
+        app.echo.connections() <= 2,
+        "{} upstream connections for 50 requests",
+        app.echo.connections()
+    );
     app.stop().await;
 }
 

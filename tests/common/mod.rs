@@ -59,7 +59,11 @@ impl Echo {
                 });
             }
         });
-        Self { addr, hits, connections }
+        Self {
+            addr,
+            hits,
+            connections,
+        }
     }
 
     /// Connections keygate opened to the upstream so far.
