@@ -1,5 +1,6 @@
-//! Wiring: a validated `Config` → store, cache, counters, decider, proxy, and the
-//! background tasks (change feed, batch flush). `serve` adds signal handling.
+//! Wiring: a validated `Config` → store, Redis, caches, counters, decider, proxy, and
+//! the background tasks (invalidation, batch flush, Redis health). `serve` adds
+//! signal handling.
 //!
 //! Call [`start`] from inside a tokio runtime: that runtime becomes the control
 //! runtime, which owns the store's connections and the background tasks, while the
@@ -14,7 +15,8 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::auth::{Decider, verify::Verifier};
-use crate::cache::L1;
+use crate::cache::redis::Redis;
+use crate::cache::{L1, invalidation};
 use crate::clock::SharedClock;
 use crate::config::Config;
 use crate::manage;
@@ -42,9 +44,18 @@ pub async fn start(config: Config, clock: SharedClock) -> anyhow::Result<App> {
         .await
         .with_context(|| format!("cannot open the admin store {}", redact_url(&config.store.url)))?;
     let control = tokio::runtime::Handle::current();
+    let redis = match &config.redis {
+        Some(settings) => Some(Redis::connect(settings.clone()).context("invalid redis URL")?),
+        None => None,
+    };
     let l1 = Arc::new(L1::new(config.cache, Arc::clone(&clock)));
-    let counters = Arc::new(Counters::new(config.quota, store.clone(), control.clone()));
-    let verifier = Verifier::new(Arc::clone(&l1), store.clone(), control);
+    let counters = Arc::new(Counters::new(
+        config.quota,
+        store.clone(),
+        redis.clone(),
+        control.clone(),
+    ));
+    let verifier = Verifier::new(Arc::clone(&l1), redis.clone(), store.clone(), control);
     let decider = Arc::new(Decider::new(
         config.auth.clone(),
         verifier,
@@ -56,27 +67,34 @@ pub async fn start(config: Config, clock: SharedClock) -> anyhow::Result<App> {
         config.auth.credentials.format.clone(),
         Arc::clone(&clock),
         Some(Arc::clone(&l1)),
+        redis.clone(),
     );
-    let since = store
-        .last_change()
-        .await
-        .context("cannot read the store's change feed")?;
     let (stop, stopped) = watch::channel(false);
-    let tasks = vec![
-        tokio::spawn(follow_changes(
+    let notices = store.watch(config.store.poll_interval, stopped.clone());
+    let mut tasks = vec![
+        tokio::spawn(invalidation::apply_store_notices(
+            notices,
+            Arc::clone(&l1),
             store.clone(),
-            l1,
-            since,
-            config.store.poll_interval,
-            stopped.clone(),
+            redis.clone(),
         )),
         tokio::spawn(flush_periodically(
             Arc::clone(&counters),
             Arc::clone(&clock),
             config.store.flush_interval,
-            stopped,
+            stopped.clone(),
         )),
     ];
+    if let Some(redis) = &redis {
+        tasks.push(tokio::spawn(invalidation::follow_channel(
+            Arc::clone(redis),
+            Arc::clone(&l1),
+            stopped.clone(),
+        )));
+        tasks.push(tokio::spawn(
+            Arc::clone(redis).watch_health(Duration::from_millis(200), stopped),
+        ));
+    }
     let proxy = proxy::start(config.proxy.clone(), decider, Arc::clone(&clock))
         .with_context(|| format!("cannot listen on {}", config.proxy.listen))?;
     Ok(App {
@@ -141,43 +159,6 @@ pub async fn wait_for_signal() -> anyhow::Result<()> {
         r = tokio::signal::ctrl_c() => r?,
     }
     Ok(())
-}
-
-/// Evicts keys changed by any process (CLI, another server) from this process's L1.
-async fn follow_changes(
-    store: Store,
-    l1: Arc<L1>,
-    mut since: i64,
-    every: Duration,
-    mut stopped: watch::Receiver<bool>,
-) {
-    let mut failing = false;
-    loop {
-        tokio::select! {
-            () = tokio::time::sleep(every) => {}
-            _ = stopped.changed() => return,
-        }
-        match store.changes_since(since).await {
-            Ok(changes) => {
-                for change in changes {
-                    if let Some(id) = change.key_id {
-                        l1.evict(id);
-                    }
-                    since = change.seq;
-                }
-                if failing {
-                    tracing::info!("change feed readable again");
-                    failing = false;
-                }
-            }
-            Err(e) if !failing => {
-                // Cached keys keep working; the cache TTL bounds how stale they get.
-                tracing::warn!(error = %e, "cannot read the change feed; cached keys stay valid until their TTL");
-                failing = true;
-            }
-            Err(_) => {}
-        }
-    }
 }
 
 async fn flush_periodically(

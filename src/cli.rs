@@ -256,11 +256,20 @@ async fn keys(command: KeysCommand, config: &Config, clock: SharedClock) -> anyh
             crate::app::redact_url(&config.store.url)
         )
     })?;
+    // With Redis configured, changes are also announced there (replicas evict at once);
+    // without it they still learn from the store's change feed.
+    let redis = match &config.redis {
+        Some(settings) => {
+            Some(crate::cache::redis::Redis::connect(settings.clone()).context("invalid redis URL")?)
+        }
+        None => None,
+    };
     let keys = manage::Keys::new(
         store.clone(),
         config.auth.credentials.format.clone(),
         Arc::clone(&clock),
         None,
+        redis,
     );
     let now = clock.now();
     let result = match command {

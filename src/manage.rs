@@ -1,7 +1,9 @@
 //! Key lifecycle operations shared by the CLI and the running server: create, update,
 //! pause, resume, revoke, rotate. Each writes the store (which audit-logs it with the
 //! actor) and evicts this process's cache, so the change holds from the next request.
-//! Other processes on the same store learn it from the change feed (`app`).
+//! With Redis it also drops the key from L2 and announces the change on the
+//! invalidation channel; every other process also learns it from the store's own
+//! change feed (`cache::invalidation`).
 
 use std::sync::Arc;
 
@@ -9,6 +11,7 @@ use chrono::{DateTime, Duration, Utc};
 use uuid::Uuid;
 
 use crate::cache::L1;
+use crate::cache::redis::Redis;
 use crate::clock::SharedClock;
 use crate::keys::{ApiKey, Format, KeyRecord, Owner, Restrictions};
 use crate::store::{self, ListQuery, Page, Patch, Store};
@@ -60,16 +63,25 @@ pub struct Keys {
     format: Format,
     clock: SharedClock,
     l1: Option<Arc<L1>>,
+    redis: Option<Arc<Redis>>,
 }
 
 impl Keys {
-    /// Management over `store`; `l1` is this process's cache, if it serves traffic.
-    pub fn new(store: Store, format: Format, clock: SharedClock, l1: Option<Arc<L1>>) -> Self {
+    /// Management over `store`; `l1` is this process's cache, if it serves traffic;
+    /// `redis` carries invalidations to other replicas, if configured.
+    pub fn new(
+        store: Store,
+        format: Format,
+        clock: SharedClock,
+        l1: Option<Arc<L1>>,
+        redis: Option<Arc<Redis>>,
+    ) -> Self {
         Self {
             store,
             format,
             clock,
             l1,
+            redis,
         }
     }
 
@@ -146,7 +158,7 @@ impl Keys {
             validate_scopes(scopes)?;
         }
         let record = self.store.update(id, patch, actor).await?;
-        self.evicted(id, record)
+        self.evicted(id, record).await
     }
 
     /// Pauses a key (reversible).
@@ -155,7 +167,7 @@ impl Keys {
     /// Not found, or the store.
     pub async fn pause(&self, id: Uuid, actor: &str) -> Result<KeyRecord, Error> {
         let record = self.store.set_paused(id, true, actor).await?;
-        self.evicted(id, record)
+        self.evicted(id, record).await
     }
 
     /// Resumes a paused key.
@@ -164,7 +176,7 @@ impl Keys {
     /// Not found, or the store.
     pub async fn resume(&self, id: Uuid, actor: &str) -> Result<KeyRecord, Error> {
         let record = self.store.set_paused(id, false, actor).await?;
-        self.evicted(id, record)
+        self.evicted(id, record).await
     }
 
     /// Revokes a key now (irreversible; revoking again changes nothing).
@@ -173,7 +185,7 @@ impl Keys {
     /// Not found, or the store.
     pub async fn revoke(&self, id: Uuid, actor: &str) -> Result<KeyRecord, Error> {
         let record = self.store.revoke(id, self.clock.now(), actor).await?;
-        self.evicted(id, record)
+        self.evicted(id, record).await
     }
 
     /// Issues a successor with the same attributes and revokes the old key after
@@ -204,21 +216,30 @@ impl Keys {
             last_used_at: None,
             paused: false,
             revoked_at: None,
-            ..old
+            ..old.clone()
         };
+        let revoke_at = now + overlap.max(Duration::zero());
         let record = self
             .store
-            .rotate(id, &new, now + overlap.max(Duration::zero()), actor)
-            .await?;
-        let record = self.evicted(id, record)?;
+            .rotate(id, &new, revoke_at, actor)
+            .await?
+            .ok_or(Error::NotFound(id))?;
+        // The old key changed (it now has a revocation time): every cache must forget it.
+        self.evicted(id, Some(old)).await?;
         Ok((key, record))
     }
 
-    fn evicted(&self, id: Uuid, record: Option<KeyRecord>) -> Result<KeyRecord, Error> {
+    async fn evicted(&self, id: Uuid, record: Option<KeyRecord>) -> Result<KeyRecord, Error> {
         if let Some(l1) = &self.l1 {
             l1.evict(id);
         }
-        record.ok_or(Error::NotFound(id))
+        let record = record.ok_or(Error::NotFound(id))?;
+        if let Some(redis) = &self.redis
+            && let Err(e) = redis.invalidate(id, &record.hash).await
+        {
+            tracing::warn!(error = %e, key_id = %id, "cannot announce the change in redis; replicas learn it from the store");
+        }
+        Ok(record)
     }
 }
 

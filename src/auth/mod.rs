@@ -112,7 +112,7 @@ impl Decider {
                     let retry_after = quota::seconds_until(reset_at, now).max(1);
                     Denial::Rejected(Rejection::QuotaExceeded { limit, retry_after })
                 }
-                quota::Error::Store(e) => Denial::Unavailable(Failure::Store(e)),
+                quota::Error::Unavailable(e) => Denial::Unavailable(Failure::Quota(e)),
             })?; // 5 quota
         Ok(Grant {
             route: matched.route,

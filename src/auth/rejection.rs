@@ -146,6 +146,9 @@ pub enum Failure {
     /// The admin store could not be asked.
     #[error("the admin store is unavailable")]
     Store(#[source] crate::store::Error),
+    /// The shared quota counters could not be asked and the policy is `deny`.
+    #[error("the quota counters are unavailable")]
+    Quota(#[source] crate::cache::redis::Error),
 }
 
 /// The outcome of a refused decision.

@@ -1,27 +1,35 @@
-//! Verify: a well-formed key → its record, through L1 then the admin store, and the
-//! record's status (revoked, paused, expired, environment) at this moment.
+//! Verify: a well-formed key → its record, through L1, then L2 (Redis, when
+//! configured and up), then the admin store; and the record's status (revoked,
+//! paused, expired, environment) at this moment.
 
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 
 use super::rejection::{Denial, Failure, Rejection};
+use crate::cache::redis::Redis;
 use crate::cache::{L1, Lookup};
 use crate::keys::format::Parsed;
 use crate::keys::{KeyHash, KeyRecord, Status};
 use crate::store::{self, Store};
 
-/// Looks keys up: L1 first, the store on a miss (on the control runtime).
+/// Looks keys up: L1 first, then L2, then the store (on the control runtime).
 pub struct Verifier {
     l1: Arc<L1>,
+    l2: Option<Arc<Redis>>,
     store: Store,
     control: tokio::runtime::Handle,
 }
 
 impl Verifier {
-    /// A verifier over `l1` and `store`.
-    pub fn new(l1: Arc<L1>, store: Store, control: tokio::runtime::Handle) -> Self {
-        Self { l1, store, control }
+    /// A verifier over `l1`, the optional `l2` and `store`.
+    pub fn new(l1: Arc<L1>, l2: Option<Arc<Redis>>, store: Store, control: tokio::runtime::Handle) -> Self {
+        Self {
+            l1,
+            l2,
+            store,
+            control,
+        }
     }
 
     /// The record of `key`, if it is usable at `now`.
@@ -41,11 +49,30 @@ impl Verifier {
     }
 
     async fn load(&self, hash: KeyHash) -> Result<Arc<KeyRecord>, Denial> {
+        if let Some(l2) = &self.l2 {
+            // A failing L2 is skipped: the store stays the truth.
+            match l2.get_key(&hash).await {
+                Ok(Lookup::Hit(record)) => {
+                    self.l1.insert(hash, Some(Arc::clone(&record)));
+                    return Ok(record);
+                }
+                Ok(Lookup::Negative) => {
+                    self.l1.insert(hash, None);
+                    return Err(Rejection::UnknownApiKey.into());
+                }
+                Ok(Lookup::Miss) | Err(_) => {}
+            }
+        }
         let store = self.store.clone();
         let found = store::run_on(&self.control, async move { store.find_by_hash(&hash).await })
             .await
             .map_err(|e| Denial::Unavailable(Failure::Store(e)))?
             .map(Arc::new);
+        if let Some(l2) = &self.l2
+            && let Err(e) = l2.put_key(&hash, found.as_deref()).await
+        {
+            tracing::debug!(error = %e, "cannot fill L2");
+        }
         self.l1.insert(hash, found.clone());
         found.ok_or(Denial::Rejected(Rejection::UnknownApiKey))
     }

@@ -1,8 +1,12 @@
-//! L1: the in-process key cache, shared by all cores, with TTLs and negative entries.
+//! Key caches: L1, in-process and shared by all cores, with TTLs and negative entries;
+//! L2 in Redis ([`redis`]); and [`invalidation`], which keeps both honest.
 //!
 //! Positive entries hold the record; negative entries remember hashes the store does
-//! not know, so a flood of random keys does not reach the store. It does not talk to
-//! the store itself; `auth::verify` fills it and the change feed evicts from it.
+//! not know, so a flood of random keys does not reach the store. L1 does not talk to
+//! the store itself; `auth::verify` fills it and invalidation evicts from it.
+
+pub mod invalidation;
+pub mod redis;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -54,6 +58,7 @@ pub enum Lookup {
 /// The in-process cache.
 pub struct L1 {
     map: DashMap<KeyHash, Entry>,
+    ids: DashMap<Uuid, KeyHash>,
     settings: Settings,
     clock: SharedClock,
 }
@@ -63,6 +68,7 @@ impl L1 {
     pub fn new(settings: Settings, clock: SharedClock) -> Self {
         Self {
             map: DashMap::with_capacity(settings.capacity.min(1 << 16)),
+            ids: DashMap::new(),
             settings,
             clock,
         }
@@ -92,6 +98,9 @@ impl L1 {
             self.make_room();
         }
         let expires_at_ms = self.clock.now_millis().saturating_add(ttl_ms);
+        if let Some(k) = &key {
+            self.ids.insert(k.id, hash);
+        }
         self.map.insert(hash, Entry { key, expires_at_ms });
     }
 
@@ -105,19 +114,23 @@ impl L1 {
         if self.map.len() >= self.settings.capacity {
             self.map.clear();
         }
+        self.ids.retain(|_, hash| self.map.contains_key(hash));
     }
 
-    /// Forgets the key with `id` (a scan: admin changes are rare, lookups are not).
+    /// Forgets the key with `id`.
     ///
     /// Negative entries stay: a new key's hash cannot have been cached as unknown
     /// unless someone presented the key before it existed.
     pub fn evict(&self, id: Uuid) {
-        self.map.retain(|_, e| e.key.as_ref().is_none_or(|k| k.id != id));
+        if let Some((_, hash)) = self.ids.remove(&id) {
+            self.map.remove(&hash);
+        }
     }
 
     /// Forgets everything.
     pub fn clear(&self) {
         self.map.clear();
+        self.ids.clear();
     }
 
     /// Entries currently held (including expired ones not yet swept).

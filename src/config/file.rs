@@ -19,8 +19,8 @@ pub struct File {
     pub admin: Option<Admin>,
     /// The admin store.
     pub store: StoreTable,
-    /// Shared-state mode (not supported yet).
-    pub redis: Option<Spanned<toml::Table>>,
+    /// Shared-state mode: L2 cache, shared quota counters, instant invalidation.
+    pub redis: Option<RedisTable>,
     /// Key format and key policy.
     pub keys: Keys,
     /// Default quota.
@@ -89,7 +89,8 @@ pub struct Admin {
 #[derive(Debug, Deserialize)]
 #[serde(default)]
 pub struct StoreTable {
-    /// Admin store URL; env `KEYGATE_DATABASE_URL` wins. Default `sqlite://keygate.db`.
+    /// Admin store URL, `sqlite://PATH` or `postgres://...`; env `KEYGATE_DATABASE_URL`
+    /// wins. Default `sqlite://keygate.db`.
     pub url: Spanned<String>,
     /// How often a running proxy reads the store's change feed to evict changed keys. Default `250ms`.
     pub poll_interval: Spanned<String>,
@@ -103,6 +104,31 @@ impl Default for StoreTable {
             url: spanned("sqlite://keygate.db".into()),
             poll_interval: spanned("250ms".into()),
             flush_interval: spanned("1s".into()),
+        }
+    }
+}
+
+/// `[redis]`
+#[derive(Debug, Deserialize)]
+#[serde(default)]
+pub struct RedisTable {
+    /// `redis://[user:password@]host:port[/db]`; env `KEYGATE_REDIS_URL` wins.
+    pub url: Option<Spanned<String>>,
+    /// Prefix of every Redis key and channel keygate uses. Default `keygate:`.
+    pub key_prefix: String,
+    /// Time a Redis call may take before it counts as failed. Default `200ms`.
+    pub timeout: Spanned<String>,
+    /// TTL of key records in the L2 cache. Default `60s`.
+    pub cache_ttl: Spanned<String>,
+}
+
+impl Default for RedisTable {
+    fn default() -> Self {
+        Self {
+            url: None,
+            key_prefix: "keygate:".into(),
+            timeout: spanned("200ms".into()),
+            cache_ttl: spanned("60s".into()),
         }
     }
 }
@@ -137,7 +163,8 @@ pub struct Quota {
     pub limit: u64,
     /// `month` (calendar month, UTC) or `<N>d` (N-day windows from the key's creation). Default `30d`.
     pub period: Spanned<String>,
-    /// With Redis: `local` (default), `allow` or `deny`. Accepted now, used with Redis.
+    /// While Redis is unreachable: `local` (count in-process, reconcile later; default),
+    /// `allow` (admit, count later) or `deny` (503 `quota_unavailable`).
     pub on_redis_error: Spanned<String>,
 }
 

@@ -95,8 +95,13 @@ fn type_errors_have_a_place() {
 
 #[test]
 fn unsupported_tables_are_refused_clearly() {
-    let got = messages("[redis]\nurl = \"redis://127.0.0.1\"\n");
-    assert!(got[0].contains("[redis]"), "{got:?}");
+    let got = messages("[redis]\nurl = \"http://127.0.0.1\"\n");
+    assert!(
+        got[0].starts_with("2:7: redis.url: must start with redis://"),
+        "{got:?}"
+    );
+    let got = messages("[redis]\ntimeout = \"1s\"\n");
+    assert!(got[0].contains("needs `url`"), "{got:?}");
     let got = messages("[rate_limit]\nper_key = \"1/s\"\n");
     assert!(got[0].contains("unknown key `rate_limit`"), "{got:?}");
 }
@@ -105,6 +110,23 @@ fn unsupported_tables_are_refused_clearly() {
 fn database_url_comes_from_the_environment() {
     let config = parse("", &env(&[("KEYGATE_DATABASE_URL", "sqlite:///tmp/x.db")])).expect("valid");
     assert_eq!(config.store.url, "sqlite:///tmp/x.db");
+}
+
+#[test]
+fn redis_comes_from_the_table_or_the_environment() {
+    let config = parse("[redis]\nurl = \"redis://127.0.0.1:6379\"\n", &env(&[])).expect("valid");
+    let redis = config.redis.expect("redis configured");
+    assert_eq!(redis.url, "redis://127.0.0.1:6379");
+    assert_eq!(redis.key_prefix, "keygate:");
+    assert_eq!(redis.timeout, Duration::from_millis(200));
+    let config = parse("", &env(&[("KEYGATE_REDIS_URL", "redis://10.0.0.1:6379/2")])).expect("valid");
+    assert_eq!(
+        config.redis.expect("redis from env").url,
+        "redis://10.0.0.1:6379/2"
+    );
+    assert!(parse("", &env(&[])).expect("valid").redis.is_none());
+    let config = parse("[store]\nurl = \"postgres://localhost/keygate\"\n", &env(&[])).expect("valid");
+    assert_eq!(config.store.url, "postgres://localhost/keygate");
 }
 
 #[test]

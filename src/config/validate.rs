@@ -29,6 +29,8 @@ pub struct Config {
     pub cache: cache::Settings,
     /// Admin store.
     pub store: StoreSettings,
+    /// Redis, when configured.
+    pub redis: Option<cache::redis::Settings>,
     /// Admin/ops listener address, when configured.
     pub admin_listen: Option<SocketAddr>,
 }
@@ -206,21 +208,18 @@ fn build(file: &File, env: &dyn Env, check: &mut Check<'_>) -> Config {
         );
         quota::Period::Month
     });
-    if !matches!(q.on_redis_error.get_ref().as_str(), "local" | "allow" | "deny") {
-        check.error(
-            q.on_redis_error.span(),
-            format!(
-                "quota.on_redis_error: `{}` must be `local`, `allow` or `deny`",
-                q.on_redis_error.get_ref()
-            ),
-        );
-    }
-    if let Some(redis) = &file.redis {
-        check.error(
-            redis.span(),
-            "[redis]: shared-state mode is not supported by this version; remove the table to run embedded",
-        );
-    }
+    let on_redis_error = match q.on_redis_error.get_ref().as_str() {
+        "local" => quota::OnRedisError::Local,
+        "allow" => quota::OnRedisError::Allow,
+        "deny" => quota::OnRedisError::Deny,
+        other => {
+            check.error(
+                q.on_redis_error.span(),
+                format!("quota.on_redis_error: `{other}` must be `local`, `allow` or `deny`"),
+            );
+            quota::OnRedisError::Local
+        }
+    };
 
     let c = &file.cache;
     let cache = cache::Settings {
@@ -237,17 +236,15 @@ fn build(file: &File, env: &dyn Env, check: &mut Check<'_>) -> Config {
         poll_interval: check.duration(&s.poll_interval, "store.poll_interval"),
         flush_interval: check.duration(&s.flush_interval, "store.flush_interval"),
     };
-    if !store.url.starts_with("sqlite:") {
+    if !crate::store::is_supported_url(&store.url) {
         let span = if env.var("KEYGATE_DATABASE_URL").is_some() {
             0..0
         } else {
             s.url.span()
         };
-        check.error(
-            span,
-            "store.url: only sqlite:// URLs are supported by this version",
-        );
+        check.error(span, "store.url: must start with sqlite:// or postgres://");
     }
+    let redis = redis(file, env, &cache, check);
 
     let admin_listen = file.admin.as_ref().and_then(|a| {
         let addr = parse_addr(a.listen.get_ref());
@@ -285,11 +282,51 @@ fn build(file: &File, env: &dyn Env, check: &mut Check<'_>) -> Config {
         quota: quota::Settings {
             limit: q.limit,
             period,
+            on_redis_error,
         },
         cache,
         store,
+        redis,
         admin_listen,
     }
+}
+
+fn redis(
+    file: &File,
+    env: &dyn Env,
+    cache: &cache::Settings,
+    check: &mut Check<'_>,
+) -> Option<cache::redis::Settings> {
+    let from_env = env.var("KEYGATE_REDIS_URL");
+    if file.redis.is_none() && from_env.is_none() {
+        return None;
+    }
+    let defaults = file::RedisTable::default();
+    let table = file.redis.as_ref().unwrap_or(&defaults);
+    let (url, span) = match (&from_env, &table.url) {
+        (Some(url), _) => (url.clone(), 0..0),
+        (None, Some(url)) => (url.get_ref().clone(), url.span()),
+        (None, None) => {
+            check.error(
+                0..0,
+                "[redis] needs `url` (or the KEYGATE_REDIS_URL environment variable)",
+            );
+            return None;
+        }
+    };
+    if !(url.starts_with("redis://") || url.starts_with("redis+unix://") || url.starts_with("unix://")) {
+        check.error(
+            span,
+            "redis.url: must start with redis:// (Cluster and Sentinel URLs are not supported yet)",
+        );
+    }
+    Some(cache::redis::Settings {
+        url,
+        key_prefix: table.key_prefix.clone(),
+        timeout: check.duration(&table.timeout, "redis.timeout"),
+        cache_ttl: check.duration(&table.cache_ttl, "redis.cache_ttl"),
+        negative_ttl: cache.negative_ttl,
+    })
 }
 
 fn routes(raw: &[file::Route], upstreams: &mut Vec<Upstream>, check: &mut Check<'_>) -> Vec<route::Route> {

@@ -46,8 +46,9 @@ pub struct Restrictions {
     pub routes: Vec<String>,
 }
 
-/// A key as the admin store keeps it. Never holds the plaintext.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// A key as the admin store keeps it. Never holds the plaintext. (De)serialised for
+/// the L2 cache without its hash, which is the cache key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct KeyRecord {
     /// Stable id (UUID v4).
     pub id: Uuid,
@@ -60,7 +61,7 @@ pub struct KeyRecord {
     /// Prefix safe to display (`kg_live_8f760b49`).
     pub display_prefix: String,
     /// SHA-256 of the key.
-    #[serde(skip)]
+    #[serde(skip, default)]
     pub hash: KeyHash,
     /// Environment the key was issued for.
     pub environment: String,

@@ -51,8 +51,9 @@ impl ApiKey {
     }
 }
 
-/// SHA-256 of a key: the only form in which a key is stored or looked up.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+/// SHA-256 of a key: the only form in which a key is stored or looked up. The
+/// default (all zeros) is a placeholder that matches no key.
+#[derive(Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub struct KeyHash([u8; 32]);
 
 impl KeyHash {

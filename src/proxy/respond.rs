@@ -23,6 +23,15 @@ pub fn denial(denial: &Denial, request_id: &HeaderValue, policy: &StatusPolicy) 
                 request_id,
             )
         }
+        Denial::Unavailable(Failure::Quota(e)) => {
+            tracing::warn!(error = %e, "quota counters unavailable and on_redis_error = \"deny\"; answering 503");
+            error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "quota_unavailable",
+                "the quota could not be checked right now; retry shortly",
+                request_id,
+            )
+        }
     }
 }
 

@@ -1,22 +1,28 @@
-//! Quotas: a per-key budget per period, counted in-process with one atomic per key
-//! and period, and written to the admin store in batches (and at shutdown) so a
-//! restart loses no count. The same batch writes each key's last-used time.
+//! Quotas: a per-key budget per period.
+//!
+//! Embedded mode counts in-process with one atomic per key and period. Redis mode
+//! charges a shared counter per key and period with a server-side script (exact
+//! across replicas) and falls back by `[quota] on_redis_error` while Redis is
+//! unreachable. Either way counts are written to the admin store in batches (and at
+//! shutdown) so a restart or a lost Redis loses no count; the same batch writes each
+//! key's last-used time.
 //!
 //! It does not decide anything else about a request; `auth::decide` calls
 //! [`Counters::charge`] only for requests that passed every other check.
 
 pub mod period;
+pub mod redis;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 
 use chrono::{DateTime, TimeZone, Utc};
 use dashmap::DashMap;
-use tokio::sync::OnceCell;
 use uuid::Uuid;
 
 pub use period::{Period, Window};
 
+use crate::cache::redis::Redis;
 use crate::keys::KeyRecord;
 use crate::store::{self, Store, UsageRow};
 
@@ -27,6 +33,17 @@ pub fn seconds_until(at: DateTime<Utc>, now: DateTime<Utc>) -> u64 {
         .div_ceil(1000)
 }
 
+/// What quota does while Redis is unreachable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnRedisError {
+    /// Count in-process against the last known count; push the counts to Redis when it returns.
+    Local,
+    /// Admit without checking (still counted and pushed later).
+    Allow,
+    /// Refuse with 503 `quota_unavailable`.
+    Deny,
+}
+
 /// Quota defaults.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Settings {
@@ -34,6 +51,8 @@ pub struct Settings {
     pub limit: u64,
     /// How budgets renew.
     pub period: Period,
+    /// Policy while Redis is unreachable.
+    pub on_redis_error: OnRedisError,
 }
 
 /// A key's standing after a successful charge.
@@ -58,37 +77,50 @@ pub enum Error {
         /// When the period ends.
         reset_at: DateTime<Utc>,
     },
-    /// The stored count could not be read.
-    #[error("could not load the stored quota count")]
-    Store(#[source] store::Error),
+    /// Redis is unreachable and the policy is `deny`.
+    #[error("quota counters are unavailable")]
+    Unavailable(#[source] crate::cache::redis::Error),
 }
 
 #[derive(Debug)]
 struct Counter {
+    /// Units used in the period as best known here: exact in embedded mode; in Redis
+    /// mode the shared count last seen plus what was charged here since.
     used: AtomicU64,
+    /// Units charged here while Redis was unreachable, not yet pushed to it.
+    pending: AtomicU64,
     persisted: AtomicU64,
     last_used_ms: AtomicI64,
     last_used_persisted_ms: AtomicI64,
-    end_ms: i64,
-    loaded: OnceCell<()>,
+    window: Window,
+    loaded: AtomicBool,
+    load_retry_ms: AtomicI64,
+    loading: tokio::sync::Mutex<()>,
 }
 
-/// The in-process counters.
+/// The counters of this process.
 pub struct Counters {
     settings: Settings,
     map: DashMap<(Uuid, i64), Arc<Counter>>,
     store: Store,
+    redis: Option<Arc<Redis>>,
     control: tokio::runtime::Handle,
 }
 
 impl Counters {
-    /// Counters over `store`; stored counts are read on `control` (the runtime that
-    /// owns database connections).
-    pub fn new(settings: Settings, store: Store, control: tokio::runtime::Handle) -> Self {
+    /// Counters over `store` (and `redis`, when configured); stored counts are read on
+    /// `control`, the runtime that owns database connections.
+    pub fn new(
+        settings: Settings,
+        store: Store,
+        redis: Option<Arc<Redis>>,
+        control: tokio::runtime::Handle,
+    ) -> Self {
         Self {
             settings,
             map: DashMap::new(),
             store,
+            redis,
             control,
         }
     }
@@ -99,36 +131,58 @@ impl Counters {
     }
 
     /// Charges `cost` units to `key` at `now`, atomically: of any number of concurrent
-    /// charges, exactly those that fit the limit succeed.
+    /// charges, exactly those that fit the limit succeed (in Redis mode, across every
+    /// replica).
     ///
     /// # Errors
-    /// [`Error::Exceeded`] when the charge does not fit; [`Error::Store`] when the
-    /// period's stored count could not be loaded.
+    /// [`Error::Exceeded`] when the charge does not fit; [`Error::Unavailable`] when
+    /// Redis is unreachable and the policy is `deny`.
     pub async fn charge(&self, key: &KeyRecord, cost: u64, now: DateTime<Utc>) -> Result<Usage, Error> {
         let window = self.settings.period.window(key.created_at, now);
         let limit = key.quota_limit.unwrap_or(self.settings.limit);
         let counter = self.counter(key.id, window);
-        if !counter.loaded.initialized() {
-            self.load(key.id, window, &counter).await?;
+        if !counter.loaded.load(Ordering::Acquire) {
+            self.load(key.id, &counter, now).await;
         }
         counter
             .last_used_ms
             .fetch_max(now.timestamp_millis(), Ordering::Relaxed);
-        let charged = counter
-            .used
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
-                used.checked_add(cost).filter(|&after| after <= limit)
-            });
-        match charged {
-            Ok(before) => Ok(Usage {
-                limit,
-                remaining: limit - (before + cost),
-                reset_at: window.end,
-            }),
-            Err(_) => Err(Error::Exceeded {
-                limit,
-                reset_at: window.end,
-            }),
+        let usage = |used: u64| Usage {
+            limit,
+            remaining: limit.saturating_sub(used),
+            reset_at: window.end,
+        };
+        let exceeded = Error::Exceeded {
+            limit,
+            reset_at: window.end,
+        };
+        let Some(redis) = &self.redis else {
+            return charge_local(&counter, cost, limit).map(usage).ok_or(exceeded);
+        };
+        let seed = counter.persisted.load(Ordering::Acquire);
+        let failure = match redis::charge(redis, key.id, window, cost, limit, seed).await {
+            Ok(charged) => {
+                counter.used.fetch_max(charged.used, Ordering::AcqRel);
+                return if charged.admitted {
+                    Ok(usage(charged.used))
+                } else {
+                    Err(exceeded)
+                };
+            }
+            Err(e) => e,
+        };
+        match self.settings.on_redis_error {
+            OnRedisError::Deny => Err(Error::Unavailable(failure)),
+            OnRedisError::Local => {
+                let used = charge_local(&counter, cost, limit).ok_or(exceeded)?;
+                counter.pending.fetch_add(cost, Ordering::AcqRel);
+                Ok(usage(used))
+            }
+            OnRedisError::Allow => {
+                let used = counter.used.fetch_add(cost, Ordering::AcqRel) + cost;
+                counter.pending.fetch_add(cost, Ordering::AcqRel);
+                Ok(usage(used))
+            }
         }
     }
 
@@ -140,39 +194,54 @@ impl Counters {
         let entry = self.map.entry(key).or_insert_with(|| {
             Arc::new(Counter {
                 used: AtomicU64::new(0),
+                pending: AtomicU64::new(0),
                 persisted: AtomicU64::new(0),
                 last_used_ms: AtomicI64::new(0),
                 last_used_persisted_ms: AtomicI64::new(0),
-                end_ms: window.end.timestamp_millis(),
-                loaded: OnceCell::new(),
+                window,
+                loaded: AtomicBool::new(false),
+                load_retry_ms: AtomicI64::new(0),
+                loading: tokio::sync::Mutex::new(()),
             })
         });
         Arc::clone(&entry)
     }
 
-    async fn load(&self, id: Uuid, window: Window, counter: &Counter) -> Result<(), Error> {
-        counter
-            .loaded
-            .get_or_try_init(|| async {
-                let store = self.store.clone();
-                let start = window.start.timestamp();
-                let stored = store::run_on(&self.control, async move { store.usage(id, start).await })
-                    .await
-                    .map_err(Error::Store)?;
+    /// Adds the stored count for the period, once. Concurrent first charges wait for
+    /// it (so they stay exact); if the store is unreachable they go on without it and
+    /// a later charge retries (at most once a second), adding it then.
+    async fn load(&self, id: Uuid, counter: &Counter, now: DateTime<Utc>) {
+        let _guard = counter.loading.lock().await;
+        if counter.loaded.load(Ordering::Acquire)
+            || counter.load_retry_ms.load(Ordering::Relaxed) > now.timestamp_millis()
+        {
+            return;
+        }
+        let store = self.store.clone();
+        let start = counter.window.start.timestamp();
+        match store::run_on(&self.control, async move { store.usage(id, start).await }).await {
+            Ok(stored) => {
                 counter.used.fetch_add(stored, Ordering::AcqRel);
                 counter.persisted.fetch_max(stored, Ordering::AcqRel);
-                Ok(())
-            })
-            .await
-            .map(|_| ())
+                counter.loaded.store(true, Ordering::Release);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, key_id = %id, "cannot read the stored quota count; counting without it for now");
+                counter
+                    .load_retry_ms
+                    .store(now.timestamp_millis() + 1000, Ordering::Relaxed);
+            }
+        }
     }
 
-    /// Writes changed counts and last-used times to the store, then forgets counters
-    /// of periods that ended before `now`.
+    /// Pushes counts charged while Redis was unreachable, writes changed counts and
+    /// last-used times to the store, then forgets counters of periods that ended
+    /// before `now`.
     ///
     /// # Errors
     /// When the store write fails; nothing is marked written then, so the next flush retries.
     pub async fn flush(&self, now: DateTime<Utc>) -> Result<(), store::Error> {
+        self.reconcile().await;
         let mut usage = Vec::new();
         let mut last_used = Vec::new();
         let mut marks = Vec::new();
@@ -205,8 +274,46 @@ impl Counters {
         }
         let now_ms = now.timestamp_millis();
         self.map.retain(|_, c| {
-            c.end_ms > now_ms || c.used.load(Ordering::Acquire) != c.persisted.load(Ordering::Acquire)
+            c.window.end.timestamp_millis() > now_ms
+                || c.pending.load(Ordering::Acquire) > 0
+                || c.used.load(Ordering::Acquire) != c.persisted.load(Ordering::Acquire)
         });
         Ok(())
     }
+
+    /// Adds the units charged here while Redis was unreachable to the shared counters.
+    async fn reconcile(&self) {
+        let Some(redis) = &self.redis else { return };
+        if !redis.is_up() {
+            return;
+        }
+        let pending: Vec<_> = self
+            .map
+            .iter()
+            .filter(|e| e.value().pending.load(Ordering::Acquire) > 0)
+            .map(|e| (e.key().0, Arc::clone(e.value())))
+            .collect();
+        for (id, c) in pending {
+            let units = c.pending.load(Ordering::Acquire);
+            let seed = c.persisted.load(Ordering::Acquire);
+            match redis::charge(redis, id, c.window, units, u64::MAX, seed).await {
+                Ok(charged) => {
+                    c.pending.fetch_sub(units, Ordering::AcqRel);
+                    c.used.fetch_max(charged.used, Ordering::AcqRel);
+                }
+                Err(_) => return,
+            }
+        }
+    }
+}
+
+/// Charges `cost` against `limit` on the local counter; returns the units used after it.
+fn charge_local(counter: &Counter, cost: u64, limit: u64) -> Option<u64> {
+    counter
+        .used
+        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+            used.checked_add(cost).filter(|&after| after <= limit)
+        })
+        .ok()
+        .map(|before| before + cost)
 }

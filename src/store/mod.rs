@@ -1,10 +1,17 @@
 //! The admin store: the source of truth for keys, quota usage and the audit log.
 //!
-//! One type, [`Store`], chosen by URL; SQLite is the embedded default. The store
-//! knows records and rows, not HTTP or caches. Every mutation writes an audit row,
-//! which running proxies read as a change feed ([`Store::changes_since`]).
+//! One type, [`Store`], chosen by URL: SQLite (`sqlite://`, the embedded default) or
+//! PostgreSQL (`postgres://`, production). The store knows records and rows, not HTTP
+//! or caches. Every mutation writes an audit row with its actor, and running proxies
+//! learn about it through [`Store::watch`]: SQLite by polling the audit log, PostgreSQL
+//! by `LISTEN`/`NOTIFY`.
 
+mod postgres;
 mod sqlite;
+
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -16,7 +23,7 @@ use crate::keys::{KeyRecord, Restrictions};
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The URL names no supported store.
-    #[error("unsupported store URL `{0}` (expected sqlite://PATH)")]
+    #[error("unsupported store URL `{0}` (expected sqlite://PATH or postgres://...)")]
     UnsupportedUrl(String),
     /// The database refused or could not be reached.
     #[error("database error")]
@@ -121,11 +128,27 @@ pub struct Change {
     pub key_id: Option<Uuid>,
 }
 
+/// A change announced by the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Notice {
+    /// This key changed.
+    Changed(Uuid),
+    /// Changes may have been missed (a lost connection): forget everything cached.
+    Resync,
+}
+
 /// The admin store.
 #[derive(Debug, Clone)]
 pub enum Store {
     /// An SQLite file (embedded default).
     Sqlite(sqlite::Sqlite),
+    /// A PostgreSQL database.
+    Postgres(postgres::Postgres),
+}
+
+/// Whether `url` names a supported store.
+pub fn is_supported_url(url: &str) -> bool {
+    url.starts_with("sqlite:") || url.starts_with("postgres://") || url.starts_with("postgresql://")
 }
 
 impl Store {
@@ -137,6 +160,9 @@ impl Store {
         if url.starts_with("sqlite:") {
             return Ok(Self::Sqlite(sqlite::Sqlite::open(url).await?));
         }
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            return Ok(Self::Postgres(postgres::Postgres::open(url).await?));
+        }
         Err(Error::UnsupportedUrl(url.to_owned()))
     }
 
@@ -147,6 +173,7 @@ impl Store {
     pub async fn create(&self, record: &KeyRecord, actor: &str) -> Result<(), Error> {
         match self {
             Self::Sqlite(s) => s.create(record, actor).await,
+            Self::Postgres(s) => s.create(record, actor).await,
         }
     }
 
@@ -157,6 +184,7 @@ impl Store {
     pub async fn find_by_hash(&self, hash: &crate::keys::KeyHash) -> Result<Option<KeyRecord>, Error> {
         match self {
             Self::Sqlite(s) => s.find_by_hash(hash).await,
+            Self::Postgres(s) => s.find_by_hash(hash).await,
         }
     }
 
@@ -167,6 +195,7 @@ impl Store {
     pub async fn get(&self, id: Uuid) -> Result<Option<KeyRecord>, Error> {
         match self {
             Self::Sqlite(s) => s.get(id).await,
+            Self::Postgres(s) => s.get(id).await,
         }
     }
 
@@ -177,6 +206,7 @@ impl Store {
     pub async fn list(&self, query: &ListQuery, now: DateTime<Utc>) -> Result<Page, Error> {
         match self {
             Self::Sqlite(s) => s.list(query, now).await,
+            Self::Postgres(s) => s.list(query, now).await,
         }
     }
 
@@ -187,6 +217,7 @@ impl Store {
     pub async fn update(&self, id: Uuid, patch: &Patch, actor: &str) -> Result<Option<KeyRecord>, Error> {
         match self {
             Self::Sqlite(s) => s.update(id, patch, actor).await,
+            Self::Postgres(s) => s.update(id, patch, actor).await,
         }
     }
 
@@ -197,6 +228,7 @@ impl Store {
     pub async fn set_paused(&self, id: Uuid, paused: bool, actor: &str) -> Result<Option<KeyRecord>, Error> {
         match self {
             Self::Sqlite(s) => s.set_paused(id, paused, actor).await,
+            Self::Postgres(s) => s.set_paused(id, paused, actor).await,
         }
     }
 
@@ -208,6 +240,7 @@ impl Store {
     pub async fn revoke(&self, id: Uuid, at: DateTime<Utc>, actor: &str) -> Result<Option<KeyRecord>, Error> {
         match self {
             Self::Sqlite(s) => s.revoke(id, at, actor).await,
+            Self::Postgres(s) => s.revoke(id, at, actor).await,
         }
     }
 
@@ -225,6 +258,7 @@ impl Store {
     ) -> Result<Option<KeyRecord>, Error> {
         match self {
             Self::Sqlite(s) => s.rotate(old_id, new, revoke_at, actor).await,
+            Self::Postgres(s) => s.rotate(old_id, new, revoke_at, actor).await,
         }
     }
 
@@ -235,6 +269,7 @@ impl Store {
     pub async fn usage(&self, key_id: Uuid, period_start: i64) -> Result<u64, Error> {
         match self {
             Self::Sqlite(s) => s.usage(key_id, period_start).await,
+            Self::Postgres(s) => s.usage(key_id, period_start).await,
         }
     }
 
@@ -245,6 +280,7 @@ impl Store {
     pub async fn flush(&self, usage: &[UsageRow], last_used: &[(Uuid, DateTime<Utc>)]) -> Result<(), Error> {
         match self {
             Self::Sqlite(s) => s.flush(usage, last_used).await,
+            Self::Postgres(s) => s.flush(usage, last_used).await,
         }
     }
 
@@ -255,6 +291,7 @@ impl Store {
     pub async fn changes_since(&self, seq: i64) -> Result<Vec<Change>, Error> {
         match self {
             Self::Sqlite(s) => s.changes_since(seq).await,
+            Self::Postgres(s) => s.changes_since(seq).await,
         }
     }
 
@@ -265,15 +302,54 @@ impl Store {
     pub async fn last_change(&self) -> Result<i64, Error> {
         match self {
             Self::Sqlite(s) => s.last_change().await,
+            Self::Postgres(s) => s.last_change().await,
         }
+    }
+
+    /// Checks that the store answers.
+    ///
+    /// # Errors
+    /// On database failure.
+    pub async fn ping(&self) -> Result<(), Error> {
+        match self {
+            Self::Sqlite(s) => s.ping().await,
+            Self::Postgres(s) => s.ping().await,
+        }
+    }
+
+    /// Follows key changes made by any process until `stop` changes, sending them on
+    /// the returned channel. SQLite polls the audit log every `poll`; PostgreSQL
+    /// listens for `NOTIFY` (and sends [`Notice::Resync`] after a lost connection).
+    pub fn watch(&self, poll: Duration, stop: watch::Receiver<bool>) -> mpsc::Receiver<Notice> {
+        let (tx, rx) = mpsc::channel(1024);
+        match self.clone() {
+            Self::Sqlite(s) => {
+                tokio::spawn(s.watch(poll, tx, stop));
+            }
+            Self::Postgres(s) => {
+                tokio::spawn(s.watch(tx, stop));
+            }
+        }
+        rx
     }
 
     /// Closes all connections.
     pub async fn close(&self) {
         match self {
             Self::Sqlite(s) => s.close().await,
+            Self::Postgres(s) => s.close().await,
         }
     }
+}
+
+/// A `LIKE` pattern matching `s` anywhere, with `\\`, `%` and `_` escaped.
+pub(crate) fn like_pattern(s: &str) -> String {
+    let escaped = s.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_");
+    format!("%{escaped}%")
+}
+
+pub(crate) fn to_i64(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
 }
 
 /// Formats a timestamp as fixed-width UTC text (sorts as text).

@@ -11,8 +11,9 @@ use sqlx::sqlite::{
 };
 use uuid::Uuid;
 
-use super::{Change, Error, ListQuery, Page, Patch, UsageRow, format_ts, parse_ts};
+use super::{Change, Error, ListQuery, Notice, Page, Patch, UsageRow, format_ts, parse_ts, to_i64};
 use crate::keys::{KeyHash, KeyRecord, Owner, Status};
+use tokio::sync::{mpsc, watch};
 
 const COLUMNS: &str = "id, org_id, owner_type, owner_id, name, display_prefix, key_hash, \
     environment, scopes, restrictions, quota_limit, metadata, created_by, created_at, \
@@ -82,10 +83,7 @@ impl Sqlite {
                 WHEN paused <> 0 THEN 'paused' \
                 WHEN expires_at IS NOT NULL AND expires_at <= $4 THEN 'expired' \
                 ELSE 'active' END) = $3)";
-        let search = q.search.as_ref().map(|s| {
-            let escaped = s.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_");
-            format!("%{escaped}%")
-        });
+        let search = q.search.as_ref().map(|s| super::like_pattern(s));
         let status = q.status.map(Status::as_str);
         let now = format_ts(now);
         let limit = q.limit.clamp(1, 1000);
@@ -266,6 +264,57 @@ impl Sqlite {
         Ok(seq.unwrap_or(0))
     }
 
+    pub(super) async fn ping(&self) -> Result<(), Error> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    /// Polls the audit log every `every` (SQLite serialises writers, so sequence
+    /// numbers commit in order and a poll by `seq` misses nothing).
+    pub(super) async fn watch(
+        self,
+        every: Duration,
+        notices: mpsc::Sender<Notice>,
+        mut stop: watch::Receiver<bool>,
+    ) {
+        let mut since = None;
+        let mut failing = false;
+        loop {
+            let polled = match since {
+                None => self.last_change().await.map(|seq| {
+                    since = Some(seq);
+                    Vec::new()
+                }),
+                Some(seq) => self.changes_since(seq).await,
+            };
+            match polled {
+                Ok(changes) => {
+                    if failing {
+                        tracing::info!("change feed readable again");
+                        failing = false;
+                    }
+                    for change in changes {
+                        since = Some(change.seq);
+                        if let Some(id) = change.key_id
+                            && notices.send(Notice::Changed(id)).await.is_err()
+                        {
+                            return;
+                        }
+                    }
+                }
+                Err(e) if !failing => {
+                    tracing::warn!(error = %e, "cannot read the change feed; cached keys stay valid until their TTL");
+                    failing = true;
+                }
+                Err(_) => {}
+            }
+            tokio::select! {
+                () = tokio::time::sleep(every) => {}
+                _ = stop.changed() => return,
+            }
+        }
+    }
+
     pub(super) async fn close(&self) {
         self.pool.close().await;
     }
@@ -391,8 +440,4 @@ fn json<T: serde::Serialize>(value: &T) -> String {
 
 fn from_json<T: serde::de::DeserializeOwned>(s: &str) -> Result<T, Error> {
     serde_json::from_str(s).map_err(|e| Error::Corrupt(format!("bad JSON column: {e}")))
-}
-
-fn to_i64(n: u64) -> i64 {
-    i64::try_from(n).unwrap_or(i64::MAX)
 }

@@ -1,0 +1,433 @@
+//! The PostgreSQL admin store (production): native types, and every change announced
+//! with `NOTIFY keygate_key_changes` inside its own transaction.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::Row;
+use sqlx::postgres::{PgListener, PgPool, PgPoolOptions, PgRow};
+use tokio::sync::{mpsc, watch};
+use uuid::Uuid;
+
+use super::{Change, Error, ListQuery, Notice, Page, Patch, UsageRow};
+use crate::keys::{KeyHash, KeyRecord, Owner, Status};
+
+const COLUMNS: &str = "id, org_id, owner_type, owner_id, name, display_prefix, key_hash, \
+    environment, scopes, restrictions, quota_limit, metadata, created_by, created_at, \
+    last_used_at, expires_at, paused, revoked_at";
+
+/// The channel every key change is announced on (payload: the key id).
+pub const CHANNEL: &str = "keygate_key_changes";
+
+/// A pool of connections to one PostgreSQL database.
+#[derive(Debug, Clone)]
+pub struct Postgres {
+    pool: PgPool,
+}
+
+type Tx = sqlx::Transaction<'static, sqlx::Postgres>;
+
+impl Postgres {
+    pub(super) async fn open(url: &str) -> Result<Self, Error> {
+        let pool = PgPoolOptions::new()
+            .max_connections(8)
+            .acquire_timeout(Duration::from_secs(3))
+            .connect(url)
+            .await?;
+        sqlx::migrate!("./migrations/postgres").run(&pool).await?;
+        Ok(Self { pool })
+    }
+
+    pub(super) async fn create(&self, r: &KeyRecord, actor: &str) -> Result<(), Error> {
+        let mut tx = self.pool.begin().await?;
+        insert(&mut tx, r).await?;
+        audit(
+            &mut tx,
+            actor,
+            "create",
+            r.id,
+            serde_json::json!({"name": r.name}),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub(super) async fn find_by_hash(&self, hash: &KeyHash) -> Result<Option<KeyRecord>, Error> {
+        let sql = sqlx::AssertSqlSafe(format!("SELECT {COLUMNS} FROM keys WHERE key_hash = $1"));
+        let row = sqlx::query(sql)
+            .bind(hash.to_hex())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(decode).transpose()
+    }
+
+    pub(super) async fn get(&self, id: Uuid) -> Result<Option<KeyRecord>, Error> {
+        get(&self.pool, id).await
+    }
+
+    pub(super) async fn list(&self, q: &ListQuery, now: DateTime<Utc>) -> Result<Page, Error> {
+        const FILTER: &str = "WHERE ($1::text IS NULL OR org_id = $1) \
+            AND ($2::text IS NULL OR name ILIKE $2 OR display_prefix ILIKE $2) \
+            AND ($3::text IS NULL OR (CASE \
+                WHEN revoked_at IS NOT NULL AND revoked_at <= $4 THEN 'revoked' \
+                WHEN paused THEN 'paused' \
+                WHEN expires_at IS NOT NULL AND expires_at <= $4 THEN 'expired' \
+                ELSE 'active' END) = $3)";
+        let search = q.search.as_ref().map(|s| super::like_pattern(s));
+        let status = q.status.map(Status::as_str);
+        let limit = q.limit.clamp(1, 1000);
+        let page = q.page.max(1);
+        let total: i64 = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT COUNT(*) FROM keys {FILTER}")))
+            .bind(&q.org)
+            .bind(&search)
+            .bind(status)
+            .bind(now)
+            .fetch_one(&self.pool)
+            .await?
+            .try_get(0)?;
+        let sql =
+            format!("SELECT {COLUMNS} FROM keys {FILTER} ORDER BY created_at DESC, id LIMIT $5 OFFSET $6");
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(&q.org)
+            .bind(&search)
+            .bind(status)
+            .bind(now)
+            .bind(i64::from(limit))
+            .bind(i64::from(page - 1) * i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(Page {
+            items: rows.iter().map(decode).collect::<Result<_, _>>()?,
+            total: u64::try_from(total).unwrap_or_default(),
+            page,
+            limit,
+        })
+    }
+
+    pub(super) async fn update(
+        &self,
+        id: Uuid,
+        patch: &Patch,
+        actor: &str,
+    ) -> Result<Option<KeyRecord>, Error> {
+        let mut tx = self.pool.begin().await?;
+        let sql = sqlx::AssertSqlSafe(format!("SELECT {COLUMNS} FROM keys WHERE id = $1 FOR UPDATE"));
+        let Some(row) = sqlx::query(sql).bind(id).fetch_optional(&mut *tx).await? else {
+            return Ok(None);
+        };
+        let mut record = decode(&row)?;
+        patch.apply(&mut record);
+        sqlx::query(
+            "UPDATE keys SET name = $2, scopes = $3, restrictions = $4, quota_limit = $5, \
+             expires_at = $6, metadata = $7 WHERE id = $1",
+        )
+        .bind(id)
+        .bind(&record.name)
+        .bind(&record.scopes)
+        .bind(json(&record.restrictions))
+        .bind(record.quota_limit.map(super::to_i64))
+        .bind(record.expires_at)
+        .bind(&record.metadata)
+        .execute(&mut *tx)
+        .await?;
+        audit(&mut tx, actor, "update", id, serde_json::json!({})).await?;
+        tx.commit().await?;
+        Ok(Some(record))
+    }
+
+    pub(super) async fn set_paused(
+        &self,
+        id: Uuid,
+        paused: bool,
+        actor: &str,
+    ) -> Result<Option<KeyRecord>, Error> {
+        let mut tx = self.pool.begin().await?;
+        let done = sqlx::query("UPDATE keys SET paused = $2 WHERE id = $1")
+            .bind(id)
+            .bind(paused)
+            .execute(&mut *tx)
+            .await?;
+        if done.rows_affected() == 0 {
+            return Ok(None);
+        }
+        audit(
+            &mut tx,
+            actor,
+            if paused { "pause" } else { "resume" },
+            id,
+            serde_json::json!({}),
+        )
+        .await?;
+        let record = get(&mut *tx, id).await?;
+        tx.commit().await?;
+        Ok(record)
+    }
+
+    pub(super) async fn revoke(
+        &self,
+        id: Uuid,
+        at: DateTime<Utc>,
+        actor: &str,
+    ) -> Result<Option<KeyRecord>, Error> {
+        let mut tx = self.pool.begin().await?;
+        let record = revoke(&mut tx, id, at).await?;
+        if record.is_some() {
+            audit(&mut tx, actor, "revoke", id, serde_json::json!({})).await?;
+        }
+        tx.commit().await?;
+        Ok(record)
+    }
+
+    pub(super) async fn rotate(
+        &self,
+        old_id: Uuid,
+        new: &KeyRecord,
+        revoke_at: DateTime<Utc>,
+        actor: &str,
+    ) -> Result<Option<KeyRecord>, Error> {
+        let mut tx = self.pool.begin().await?;
+        if revoke(&mut tx, old_id, revoke_at).await?.is_none() {
+            return Ok(None);
+        }
+        insert(&mut tx, new).await?;
+        let detail = serde_json::json!({"new_id": new.id, "old_revoked_at": revoke_at});
+        audit(&mut tx, actor, "rotate", old_id, detail).await?;
+        tx.commit().await?;
+        Ok(Some(new.clone()))
+    }
+
+    pub(super) async fn usage(&self, key_id: Uuid, period_start: i64) -> Result<u64, Error> {
+        let used: Option<i64> =
+            sqlx::query_scalar("SELECT used FROM quota_usage WHERE key_id = $1 AND period_start = $2")
+                .bind(key_id)
+                .bind(period_start)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(used.map_or(0, |u| u64::try_from(u).unwrap_or_default()))
+    }
+
+    pub(super) async fn flush(
+        &self,
+        usage: &[UsageRow],
+        last_used: &[(Uuid, DateTime<Utc>)],
+    ) -> Result<(), Error> {
+        let mut tx = self.pool.begin().await?;
+        for row in usage {
+            // Replicas report the shared count they last saw; the largest report is the truth.
+            sqlx::query(
+                "INSERT INTO quota_usage (key_id, period_start, used) VALUES ($1, $2, $3) \
+                 ON CONFLICT (key_id, period_start) DO UPDATE SET used = GREATEST(quota_usage.used, excluded.used)",
+            )
+            .bind(row.key_id)
+            .bind(row.period_start)
+            .bind(super::to_i64(row.used))
+            .execute(&mut *tx)
+            .await?;
+        }
+        for (id, at) in last_used {
+            sqlx::query(
+                "UPDATE keys SET last_used_at = $2 WHERE id = $1 AND (last_used_at IS NULL OR last_used_at < $2)",
+            )
+            .bind(id)
+            .bind(at)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub(super) async fn changes_since(&self, seq: i64) -> Result<Vec<Change>, Error> {
+        let rows = sqlx::query("SELECT seq, key_id FROM audit_log WHERE seq > $1 ORDER BY seq LIMIT 1000")
+            .bind(seq)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(Change {
+                    seq: row.try_get("seq")?,
+                    key_id: row.try_get("key_id")?,
+                })
+            })
+            .collect()
+    }
+
+    pub(super) async fn last_change(&self) -> Result<i64, Error> {
+        let seq: Option<i64> = sqlx::query_scalar("SELECT MAX(seq) FROM audit_log")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(seq.unwrap_or(0))
+    }
+
+    pub(super) async fn ping(&self) -> Result<(), Error> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    pub(super) async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// Follows `NOTIFY` on [`CHANNEL`] until `stop`; a lost connection yields a
+    /// [`Notice::Resync`] once listening again, since notices may have been missed.
+    pub(super) async fn watch(self, notices: mpsc::Sender<Notice>, mut stop: watch::Receiver<bool>) {
+        let mut reported = false;
+        loop {
+            let connected = async {
+                let mut listener = PgListener::connect_with(&self.pool).await?;
+                listener.listen(CHANNEL).await?;
+                Ok::<_, sqlx::Error>(listener)
+            };
+            let mut listener = tokio::select! {
+                l = connected => match l {
+                    Ok(l) => l,
+                    Err(e) => {
+                        if !reported {
+                            tracing::warn!(error = %e, "cannot listen for key changes; cached keys stay valid until their TTL");
+                            reported = true;
+                        }
+                        tokio::select! {
+                            () = tokio::time::sleep(Duration::from_millis(250)) => continue,
+                            _ = stop.changed() => return,
+                        }
+                    }
+                },
+                _ = stop.changed() => return,
+            };
+            if reported {
+                tracing::info!("listening for key changes again");
+                reported = false;
+            }
+            if notices.send(Notice::Resync).await.is_err() {
+                return;
+            }
+            loop {
+                let next = tokio::select! {
+                    n = listener.try_recv() => n,
+                    _ = stop.changed() => return,
+                };
+                let notice = match next {
+                    Ok(Some(n)) => match Uuid::parse_str(n.payload()) {
+                        Ok(id) => Notice::Changed(id),
+                        Err(_) => continue,
+                    },
+                    // Lost and already reconnected: something may have been missed.
+                    Ok(None) => Notice::Resync,
+                    Err(_) => break,
+                };
+                if notices.send(notice).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+async fn get<'e, E>(executor: E, id: Uuid) -> Result<Option<KeyRecord>, Error>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Postgres>,
+{
+    let sql = sqlx::AssertSqlSafe(format!("SELECT {COLUMNS} FROM keys WHERE id = $1"));
+    let row = sqlx::query(sql).bind(id).fetch_optional(executor).await?;
+    row.as_ref().map(decode).transpose()
+}
+
+async fn insert(tx: &mut Tx, r: &KeyRecord) -> Result<(), Error> {
+    let (owner_type, owner_id) = match &r.owner {
+        Owner::User(id) => ("user", id),
+        Owner::Org(id) => ("org", id),
+    };
+    let sql = sqlx::AssertSqlSafe(format!(
+        "INSERT INTO keys ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)"
+    ));
+    sqlx::query(sql)
+        .bind(r.id)
+        .bind(&r.org_id)
+        .bind(owner_type)
+        .bind(owner_id)
+        .bind(&r.name)
+        .bind(&r.display_prefix)
+        .bind(r.hash.to_hex())
+        .bind(&r.environment)
+        .bind(&r.scopes)
+        .bind(json(&r.restrictions))
+        .bind(r.quota_limit.map(super::to_i64))
+        .bind(&r.metadata)
+        .bind(&r.created_by)
+        .bind(r.created_at)
+        .bind(r.last_used_at)
+        .bind(r.expires_at)
+        .bind(r.paused)
+        .bind(r.revoked_at)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+async fn revoke(tx: &mut Tx, id: Uuid, at: DateTime<Utc>) -> Result<Option<KeyRecord>, Error> {
+    sqlx::query("UPDATE keys SET revoked_at = $2 WHERE id = $1 AND (revoked_at IS NULL OR revoked_at > $2)")
+        .bind(id)
+        .bind(at)
+        .execute(&mut **tx)
+        .await?;
+    get(&mut **tx, id).await
+}
+
+async fn audit(
+    tx: &mut Tx,
+    actor: &str,
+    action: &str,
+    key_id: Uuid,
+    detail: serde_json::Value,
+) -> Result<(), Error> {
+    sqlx::query("INSERT INTO audit_log (actor, action, key_id, detail) VALUES ($1, $2, $3, $4)")
+        .bind(actor)
+        .bind(action)
+        .bind(key_id)
+        .bind(detail)
+        .execute(&mut **tx)
+        .await?;
+    sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(CHANNEL)
+        .bind(key_id.to_string())
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+fn decode(row: &PgRow) -> Result<KeyRecord, Error> {
+    let owner_id: String = row.try_get("owner_id")?;
+    let owner = match row.try_get::<String, _>("owner_type")?.as_str() {
+        "user" => Owner::User(owner_id),
+        _ => Owner::Org(owner_id),
+    };
+    let hash: String = row.try_get("key_hash")?;
+    let restrictions: serde_json::Value = row.try_get("restrictions")?;
+    Ok(KeyRecord {
+        id: row.try_get("id")?,
+        org_id: row.try_get("org_id")?,
+        owner,
+        name: row.try_get("name")?,
+        display_prefix: row.try_get("display_prefix")?,
+        hash: KeyHash::from_hex(&hash).ok_or_else(|| Error::Corrupt("bad key hash".into()))?,
+        environment: row.try_get("environment")?,
+        scopes: row.try_get("scopes")?,
+        restrictions: serde_json::from_value(restrictions)
+            .map_err(|e| Error::Corrupt(format!("bad restrictions: {e}")))?,
+        quota_limit: row
+            .try_get::<Option<i64>, _>("quota_limit")?
+            .map(|q| u64::try_from(q).unwrap_or_default()),
+        metadata: row.try_get("metadata")?,
+        created_by: row.try_get("created_by")?,
+        created_at: row.try_get("created_at")?,
+        last_used_at: row.try_get("last_used_at")?,
+        expires_at: row.try_get("expires_at")?,
+        paused: row.try_get("paused")?,
+        revoked_at: row.try_get("revoked_at")?,
+    })
+}
+
+fn json<T: serde::Serialize>(value: &T) -> serde_json::Value {
+    serde_json::to_value(value).unwrap_or_default()
+}
