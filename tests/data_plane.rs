@@ -1,10 +1,11 @@
 //! The data plane end to end: refusals, identity headers, org binding, routes,
 //! streaming, upstream failures.
 
+#[macro_use]
 mod common;
 
 use chrono::{Duration, Utc};
-use common::{Options, TestApp, code, received};
+use common::{Backend, Options, TestApp, code, received};
 use keygate::keys::{ApiKey, Format, Restrictions};
 use keygate::manage::NewKey;
 use reqwest::{Method, StatusCode};
@@ -50,9 +51,11 @@ fn bearer(key: &str) -> Vec<(&'static str, String)> {
     vec![("authorization", format!("Bearer {key}"))]
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_refusal_has_its_status_code_and_json_and_reaches_no_upstream() {
-    let app = TestApp::start().await;
+both_stores!(every_refusal_has_its_status_code_and_json_and_reaches_no_upstream);
+async fn every_refusal_has_its_status_code_and_json_and_reaches_no_upstream(backend: Backend) {
+    let Some(app) = TestApp::on(backend).await else {
+        return;
+    };
     let (read, _) = app.acme_key(&["read"]).await;
     let (revoked, r) = app.acme_key(&["read"]).await;
     app.app().keys().revoke(r.id, "tests").await.expect("revoke");
@@ -321,13 +324,17 @@ async fn every_refusal_has_its_status_code_and_json_and_reaches_no_upstream() {
     app.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn revoked_status_can_be_403() {
-    let app = TestApp::with(Options {
+both_stores!(revoked_status_can_be_403);
+async fn revoked_status_can_be_403(backend: Backend) {
+    let Some(app) = TestApp::with(Options {
+        backend,
         extra: "[keys]\nrevoked_status = 403\n".into(),
         ..Options::default()
     })
-    .await;
+    .await
+    else {
+        return;
+    };
     let (key, record) = app.acme_key(&["read"]).await;
     app.app().keys().revoke(record.id, "tests").await.expect("revoke");
     let resp = app.get("/v1/orgs/acme/items/1", &key).await;
@@ -336,9 +343,11 @@ async fn revoked_status_can_be_403() {
     app.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_valid_key_is_forwarded_with_its_identity_and_without_the_credential() {
-    let app = TestApp::start().await;
+both_stores!(a_valid_key_is_forwarded_with_its_identity_and_without_the_credential);
+async fn a_valid_key_is_forwarded_with_its_identity_and_without_the_credential(backend: Backend) {
+    let Some(app) = TestApp::on(backend).await else {
+        return;
+    };
     let (key, record) = app.acme_key(&["read", "write"]).await;
     let resp = app
         .client
@@ -387,9 +396,11 @@ async fn a_valid_key_is_forwarded_with_its_identity_and_without_the_credential()
     app.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_key_header_works_and_is_stripped() {
-    let app = TestApp::start().await;
+both_stores!(the_key_header_works_and_is_stripped);
+async fn the_key_header_works_and_is_stripped(backend: Backend) {
+    let Some(app) = TestApp::on(backend).await else {
+        return;
+    };
     let (key, _) = app.acme_key(&["read"]).await;
     let resp = app
         .client
@@ -403,13 +414,17 @@ async fn the_key_header_works_and_is_stripped() {
     app.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn spoofed_identity_headers_never_reach_the_upstream() {
-    let app = TestApp::with(Options {
+both_stores!(spoofed_identity_headers_never_reach_the_upstream);
+async fn spoofed_identity_headers_never_reach_the_upstream(backend: Backend) {
+    let Some(app) = TestApp::with(Options {
+        backend,
         unmatched: "authenticate",
         ..Options::default()
     })
-    .await;
+    .await
+    else {
+        return;
+    };
     let (key, record) = app.acme_key(&["read"]).await;
     let spoofs: &[(&str, &str)] = &[
         ("X-Keygate-Key-Id", "spoof-1"),
@@ -480,22 +495,28 @@ async fn spoofed_identity_headers_never_reach_the_upstream() {
     app.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn public_routes_need_no_key_and_mark_the_request_unauthenticated() {
-    let app = TestApp::start().await;
+both_stores!(public_routes_need_no_key_and_mark_the_request_unauthenticated);
+async fn public_routes_need_no_key_and_mark_the_request_unauthenticated(backend: Backend) {
+    let Some(app) = TestApp::on(backend).await else {
+        return;
+    };
     let headers = received(app.client.get(app.url("/healthz")).send().await.expect("request")).await;
     assert!(headers.contains(&("x-keygate-auth-method".into(), "none".into())));
     assert!(!headers.iter().any(|(k, _)| k == "x-keygate-key-id"));
     app.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn unmatched_paths_can_require_just_a_valid_key() {
-    let app = TestApp::with(Options {
+both_stores!(unmatched_paths_can_require_just_a_valid_key);
+async fn unmatched_paths_can_require_just_a_valid_key(backend: Backend) {
+    let Some(app) = TestApp::with(Options {
+        backend,
         unmatched: "authenticate",
         ..Options::default()
     })
-    .await;
+    .await
+    else {
+        return;
+    };
     let (key, _) = app.acme_key(&[]).await;
     let resp = app.get("/anything/else", &key).await;
     assert_eq!(
@@ -517,9 +538,11 @@ async fn unmatched_paths_can_require_just_a_valid_key() {
     app.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn org_binding_follows_the_path_not_the_key() {
-    let app = TestApp::start().await;
+both_stores!(org_binding_follows_the_path_not_the_key);
+async fn org_binding_follows_the_path_not_the_key(backend: Backend) {
+    let Some(app) = TestApp::on(backend).await else {
+        return;
+    };
     let (acme_key, _) = app.acme_key(&["read"]).await;
     let (platform_key, _) = app
         .key(NewKey {
@@ -547,9 +570,11 @@ async fn org_binding_follows_the_path_not_the_key() {
     app.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_route_cost_is_charged_per_request() {
-    let app = TestApp::start().await;
+both_stores!(a_route_cost_is_charged_per_request);
+async fn a_route_cost_is_charged_per_request(backend: Backend) {
+    let Some(app) = TestApp::on(backend).await else {
+        return;
+    };
     let (key, _) = app
         .key(NewKey {
             quota_limit: Some(25),
@@ -578,9 +603,11 @@ async fn a_route_cost_is_charged_per_request() {
     app.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn fifty_megabytes_stream_through_both_ways() {
-    let app = TestApp::start().await;
+both_stores!(fifty_megabytes_stream_through_both_ways);
+async fn fifty_megabytes_stream_through_both_ways(backend: Backend) {
+    let Some(app) = TestApp::on(backend).await else {
+        return;
+    };
     let (key, _) = app.acme_key(&["read"]).await;
     let body: Vec<u8> = (0..50 * 1024 * 1024u32)
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
@@ -600,13 +627,17 @@ async fn fifty_megabytes_stream_through_both_ways() {
     app.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_client_that_disconnects_cancels_the_upstream_request() {
-    let app = TestApp::with(Options {
+both_stores!(a_client_that_disconnects_cancels_the_upstream_request);
+async fn a_client_that_disconnects_cancels_the_upstream_request(backend: Backend) {
+    let Some(app) = TestApp::with(Options {
+        backend,
         extra: String::new(),
         ..Options::default()
     })
-    .await;
+    .await
+    else {
+        return;
+    };
     let (key, _) = app.acme_key(&["read"]).await;
     let url = app.url("/v1/hang");
     let request = app.client.get(url).bearer_auth(&key).send();
@@ -625,9 +656,11 @@ async fn a_client_that_disconnects_cancels_the_upstream_request() {
     app.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn upstream_connections_are_reused() {
-    let app = TestApp::start().await;
+both_stores!(upstream_connections_are_reused);
+async fn upstream_connections_are_reused(backend: Backend) {
+    let Some(app) = TestApp::on(backend).await else {
+        return;
+    };
     let (key, _) = app.acme_key(&["read"]).await;
     for i in 0..50 {
         let resp = if i % 2 == 0 {
@@ -654,9 +687,11 @@ async fn upstream_connections_are_reused() {
     app.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ambiguous_paths_are_refused_before_any_lookup() {
-    let app = TestApp::start().await;
+both_stores!(ambiguous_paths_are_refused_before_any_lookup);
+async fn ambiguous_paths_are_refused_before_any_lookup(backend: Backend) {
+    let Some(app) = TestApp::on(backend).await else {
+        return;
+    };
     let (key, _) = app.acme_key(&["read"]).await;
     // Sent raw: an HTTP client library would normalise these before sending.
     for path in [
@@ -677,9 +712,11 @@ async fn ambiguous_paths_are_refused_before_any_lookup() {
     app.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn oversized_request_heads_get_431() {
-    let app = TestApp::start().await;
+both_stores!(oversized_request_heads_get_431);
+async fn oversized_request_heads_get_431(backend: Backend) {
+    let Some(app) = TestApp::on(backend).await else {
+        return;
+    };
     let (key, _) = app.acme_key(&["read"]).await;
     let head = |extra: String| {
         format!(

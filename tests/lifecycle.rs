@@ -2,21 +2,24 @@
 //! expiry take effect on the next request in-process, and within one change-feed
 //! interval when the CLI changes the store from another process.
 
+#[macro_use]
 mod common;
 
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{Options, TestApp, code};
+use common::{Backend, Options, TestApp, code};
 use keygate::clock::ManualClock;
 use keygate::manage::NewKey;
 use keygate::store::Patch;
 
 const ITEMS: &str = "/v1/orgs/acme/items/1";
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn revocation_takes_effect_on_the_next_request() {
-    let app = TestApp::start().await;
+both_stores!(revocation_takes_effect_on_the_next_request);
+async fn revocation_takes_effect_on_the_next_request(backend: Backend) {
+    let Some(app) = TestApp::on(backend).await else {
+        return;
+    };
     let (key, record) = app.acme_key(&["read"]).await;
     assert_eq!(app.get(ITEMS, &key).await.status(), 200, "cached now");
     app.app().keys().revoke(record.id, "tests").await.expect("revoke");
@@ -35,9 +38,11 @@ async fn revocation_takes_effect_on_the_next_request() {
     app.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pause_resume_and_scope_changes_take_effect_on_the_next_request() {
-    let app = TestApp::start().await;
+both_stores!(pause_resume_and_scope_changes_take_effect_on_the_next_request);
+async fn pause_resume_and_scope_changes_take_effect_on_the_next_request(backend: Backend) {
+    let Some(app) = TestApp::on(backend).await else {
+        return;
+    };
     let (key, record) = app.acme_key(&["read"]).await;
     let keys = app.app().keys();
     assert_eq!(app.get(ITEMS, &key).await.status(), 200);
@@ -54,14 +59,18 @@ async fn pause_resume_and_scope_changes_take_effect_on_the_next_request() {
     app.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_key_expires_at_its_time_even_while_cached() {
+both_stores!(a_key_expires_at_its_time_even_while_cached);
+async fn a_key_expires_at_its_time_even_while_cached(backend: Backend) {
     let clock = ManualClock::new("2026-05-01T00:00:00Z".parse().expect("time"));
-    let app = TestApp::with(Options {
+    let Some(app) = TestApp::with(Options {
+        backend,
         clock: Some(clock.clone()),
         ..Options::default()
     })
-    .await;
+    .await
+    else {
+        return;
+    };
     let expires_at = "2026-05-01T01:00:00Z".parse().ok();
     let (key, _) = app
         .key(NewKey {
@@ -80,9 +89,11 @@ async fn a_key_expires_at_its_time_even_while_cached() {
     app.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rotation_issues_a_working_key_and_retires_the_old_one() {
-    let app = TestApp::start().await;
+both_stores!(rotation_issues_a_working_key_and_retires_the_old_one);
+async fn rotation_issues_a_working_key_and_retires_the_old_one(backend: Backend) {
+    let Some(app) = TestApp::on(backend).await else {
+        return;
+    };
     let (old, record) = app.acme_key(&["read"]).await;
     let keys = app.app().keys();
     let (new, new_record) = keys
@@ -117,9 +128,11 @@ fn cli(app: &TestApp, args: &[&str]) -> std::process::Output {
         .expect("run keygate")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_cli_revoke_from_another_process_is_honoured_within_a_second() {
-    let app = TestApp::start().await;
+both_stores!(a_cli_revoke_from_another_process_is_honoured_within_a_second);
+async fn a_cli_revoke_from_another_process_is_honoured_within_a_second(backend: Backend) {
+    let Some(app) = TestApp::on(backend).await else {
+        return;
+    };
     let (key, record) = app.acme_key(&["read"]).await;
     assert_eq!(app.get(ITEMS, &key).await.status(), 200, "cached now");
     for (command, expected) in [("pause", "key_paused"), ("resume", ""), ("revoke", "key_revoked")] {

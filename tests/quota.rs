@@ -1,11 +1,12 @@
 //! Quota: exact under concurrency, persisted across restarts, renewed per period.
 
+#[macro_use]
 mod common;
 
 use std::sync::Arc;
 
 use chrono::{DateTime, Duration, Utc};
-use common::{Options, TestApp, code};
+use common::{Backend, Options, TestApp, code};
 use keygate::clock::ManualClock;
 use keygate::manage::NewKey;
 
@@ -19,9 +20,12 @@ fn limited(limit: u64) -> NewKey {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_quota_of_n_admits_exactly_n_under_64_concurrent_clients() {
-    let app = Arc::new(TestApp::start().await);
+both_stores!(a_quota_of_n_admits_exactly_n_under_64_concurrent_clients);
+async fn a_quota_of_n_admits_exactly_n_under_64_concurrent_clients(backend: Backend) {
+    let Some(app) = TestApp::on(backend).await else {
+        return;
+    };
+    let app = Arc::new(app);
     let (key, _) = app.key(limited(150)).await;
     let mut tasks = Vec::new();
     for _ in 0..64 {
@@ -59,9 +63,11 @@ async fn a_quota_of_n_admits_exactly_n_under_64_concurrent_clients() {
     Arc::try_unwrap(app).ok().expect("sole owner").stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_restart_mid_period_keeps_the_count() {
-    let app = TestApp::start().await;
+both_stores!(a_restart_mid_period_keeps_the_count);
+async fn a_restart_mid_period_keeps_the_count(backend: Backend) {
+    let Some(app) = TestApp::on(backend).await else {
+        return;
+    };
     let (key, record) = app.key(limited(10)).await;
     for _ in 0..4 {
         assert_eq!(app.get("/v1/orgs/acme/items/1", &key).await.status(), 200);
@@ -79,15 +85,19 @@ async fn a_restart_mid_period_keeps_the_count() {
     app.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_quota_renews_with_the_calendar_month_and_retry_after_says_when() {
+both_stores!(the_quota_renews_with_the_calendar_month_and_retry_after_says_when);
+async fn the_quota_renews_with_the_calendar_month_and_retry_after_says_when(backend: Backend) {
     let start: DateTime<Utc> = "2026-03-31T23:59:00Z".parse().expect("time");
     let clock = ManualClock::new(start);
-    let app = TestApp::with(Options {
+    let Some(app) = TestApp::with(Options {
+        backend,
         clock: Some(clock.clone()),
         ..Options::default()
     })
-    .await;
+    .await
+    else {
+        return;
+    };
     let (key, _) = app.key(limited(2)).await;
     assert_eq!(app.get("/v1/orgs/acme/items/1", &key).await.status(), 200);
     assert_eq!(app.get("/v1/orgs/acme/items/1", &key).await.status(), 200);
@@ -104,9 +114,11 @@ async fn the_quota_renews_with_the_calendar_month_and_retry_after_says_when() {
     app.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn refused_requests_do_not_count() {
-    let app = TestApp::start().await;
+both_stores!(refused_requests_do_not_count);
+async fn refused_requests_do_not_count(backend: Backend) {
+    let Some(app) = TestApp::on(backend).await else {
+        return;
+    };
     let (key, _) = app.key(limited(3)).await;
     for _ in 0..5 {
         // Write needs a scope the key lacks: 403, not charged.

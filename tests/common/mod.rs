@@ -5,6 +5,8 @@
 
 #![allow(dead_code)]
 
+pub mod services;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -210,6 +212,34 @@ path = "/healthz"
 public = true
 "#;
 
+/// Which admin store a test app runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Backend {
+    /// An SQLite file in the test's temp dir.
+    #[default]
+    Sqlite,
+    /// A throwaway database on the machine's PostgreSQL.
+    Postgres,
+}
+
+/// Runs a behaviour test on both stores: `both_stores!(name);` before
+/// `async fn name(backend: Backend)` makes the tests `name::sqlite` and `name::postgres`.
+#[macro_export]
+macro_rules! both_stores {
+    ($name:ident) => {
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$name($crate::common::Backend::Sqlite).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                super::$name($crate::common::Backend::Postgres).await
+            }
+        }
+    };
+}
+
 /// Options for a test app.
 #[derive(Clone)]
 pub struct Options {
@@ -218,6 +248,11 @@ pub struct Options {
     /// `deny` or `authenticate`.
     pub unmatched: &'static str,
     pub clock: Option<ManualClock>,
+    pub backend: Backend,
+    /// Store URL override (e.g. through a relay); default: the backend's own.
+    pub store_url: Option<String>,
+    /// Redis URL, for shared-state mode.
+    pub redis: Option<String>,
 }
 
 impl Default for Options {
@@ -226,6 +261,9 @@ impl Default for Options {
             extra: String::new(),
             unmatched: "deny",
             clock: None,
+            backend: Backend::Sqlite,
+            store_url: None,
+            redis: None,
         }
     }
 }
@@ -238,19 +276,53 @@ pub struct TestApp {
     pub hang: Hang,
     pub dir: TempDir,
     pub client: reqwest::Client,
+    pub pg: Option<Arc<services::PgDatabase>>,
     options: Options,
 }
 
 impl TestApp {
+    /// On SQLite, default options.
     pub async fn start() -> Self {
-        Self::with(Options::default()).await
+        Self::with(Options::default())
+            .await
+            .expect("SQLite needs no service")
     }
 
-    pub async fn with(options: Options) -> Self {
+    /// On `backend`, default options; `None` when the backend's service is missing (outside CI).
+    pub async fn on(backend: Backend) -> Option<Self> {
+        Self::with(Options {
+            backend,
+            ..Options::default()
+        })
+        .await
+    }
+
+    /// `None` when a needed service is missing (outside CI; in CI that panics).
+    pub async fn with(mut options: Options) -> Option<Self> {
         let dir = tempfile::tempdir().expect("temp dir");
+        let pg = match options.backend {
+            Backend::Postgres if options.store_url.is_none() => {
+                let db = services::PgDatabase::create().await?;
+                options.store_url = Some(db.url());
+                Some(Arc::new(db))
+            }
+            _ => None,
+        };
         let echo = Echo::start().await;
         let hang = Hang::start().await;
-        Self::boot(options, dir, echo, hang).await
+        let mut app = Self::boot(options, dir, echo, hang).await;
+        app.pg = pg;
+        Some(app)
+    }
+
+    /// Another keygate (a replica) on the same store and Redis, with its own upstreams.
+    pub async fn replica(&self) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut options = self.options.clone();
+        options.store_url = Some(self.store_url());
+        let mut app = Self::boot(options, dir, Echo::start().await, Hang::start().await).await;
+        app.pg = self.pg.clone();
+        app
     }
 
     async fn boot(options: Options, dir: TempDir, echo: Echo, hang: Hang) -> Self {
@@ -271,6 +343,7 @@ impl TestApp {
             hang,
             dir,
             client,
+            pg: None,
             options,
         }
     }
@@ -283,7 +356,12 @@ impl TestApp {
             .shutdown()
             .await
             .expect("clean shutdown");
-        Self::boot(self.options.clone(), self.dir, self.echo, self.hang).await
+        let mut options = self.options.clone();
+        options.store_url = Some(self.store_url());
+        let pg = self.pg.take();
+        let mut app = Self::boot(options, self.dir, self.echo, self.hang).await;
+        app.pg = pg;
+        app
     }
 
     pub async fn stop(mut self) {
@@ -301,7 +379,7 @@ impl TestApp {
     }
 
     pub fn store_url(&self) -> String {
-        format!("sqlite://{}/keygate.db", self.dir.path().display())
+        store_url(&self.options, &self.dir)
     }
 
     /// Creates a key through the same path as the CLI; returns the plaintext and record.
@@ -346,9 +424,10 @@ shutdown_grace = "5s"
 key_header = "X-API-Key"
 
 [store]
-url = "sqlite://{dir}/keygate.db"
+url = "{store}"
 poll_interval = "50ms"
 flush_interval = "100ms"
+{redis}
 
 [quota]
 limit = 1000
@@ -358,10 +437,22 @@ period = "month"
 {routes}"#,
         echo = echo.addr,
         unmatched = options.unmatched,
-        dir = dir.path().display(),
+        store = store_url(options, dir),
+        redis = options
+            .redis
+            .as_ref()
+            .map(|url| format!("[redis]\nurl = \"{url}\"\n"))
+            .unwrap_or_default(),
         extra = options.extra,
         routes = ROUTES.replace("{HANG}", &hang.addr.to_string()),
     )
+}
+
+fn store_url(options: &Options, dir: &TempDir) -> String {
+    options
+        .store_url
+        .clone()
+        .unwrap_or_else(|| format!("sqlite://{}/keygate.db", dir.path().display()))
 }
 
 /// The error code of a refusal body.
