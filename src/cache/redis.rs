@@ -211,22 +211,22 @@ impl Redis {
         self.call(|mut c| async move { c.del::<_, ()>(key).await }).await
     }
 
-    /// While Redis is marked down, PINGs it every `every`; marks it up again on the
-    /// first answer. Runs until `stop`.
+    /// PINGs Redis every `every` until `stop`: marks it down when a PING fails (so a
+    /// dropped connection is found before a request trips on it) and up again on the
+    /// first answer.
     pub async fn watch_health(self: Arc<Self>, every: Duration, mut stop: watch::Receiver<bool>) {
         loop {
             tokio::select! {
                 () = tokio::time::sleep(every) => {}
                 _ = stop.changed() => return,
             }
-            if self.is_up() {
-                continue;
-            }
             let mut conn = self.conn.clone();
             let ping = async move { redis::cmd("PING").query_async::<String>(&mut conn).await };
-            if let Ok(Ok(_)) = tokio::time::timeout(self.settings.timeout, ping).await {
-                self.up.store(true, Ordering::Relaxed);
-                tracing::info!("redis answers again");
+            let answered = matches!(tokio::time::timeout(self.settings.timeout, ping).await, Ok(Ok(_)));
+            match (answered, self.up.swap(answered, Ordering::Relaxed)) {
+                (true, false) => tracing::info!("redis answers again"),
+                (false, true) => tracing::warn!("redis does not answer; falling back until it does"),
+                _ => {}
             }
         }
     }

@@ -159,7 +159,7 @@ impl Counters {
         let Some(redis) = &self.redis else {
             return charge_local(&counter, cost, limit).map(usage).ok_or(exceeded);
         };
-        let seed = counter.persisted.load(Ordering::Acquire);
+        let seed = seed(&counter);
         let failure = match redis::charge(redis, key.id, window, cost, limit, seed).await {
             Ok(charged) => {
                 counter.used.fetch_max(charged.used, Ordering::AcqRel);
@@ -295,7 +295,7 @@ impl Counters {
             .collect();
         for (id, c) in pending {
             let units = c.pending.load(Ordering::Acquire);
-            let seed = c.persisted.load(Ordering::Acquire);
+            let seed = seed(&c);
             match redis::charge(redis, id, c.window, units, u64::MAX, seed).await {
                 Ok(charged) => {
                     c.pending.fetch_sub(units, Ordering::AcqRel);
@@ -305,6 +305,15 @@ impl Counters {
             }
         }
     }
+}
+
+/// The count a missing Redis counter starts from: what the store knows, minus what
+/// this process charged during an outage and will push on its own.
+fn seed(counter: &Counter) -> u64 {
+    counter
+        .persisted
+        .load(Ordering::Acquire)
+        .saturating_sub(counter.pending.load(Ordering::Acquire))
 }
 
 /// Charges `cost` against `limit` on the local counter; returns the units used after it.

@@ -31,7 +31,7 @@ impl Postgres {
     pub(super) async fn open(url: &str) -> Result<Self, Error> {
         let pool = PgPoolOptions::new()
             .max_connections(8)
-            .acquire_timeout(Duration::from_secs(3))
+            .acquire_timeout(Duration::from_secs(1))
             .connect(url)
             .await?;
         sqlx::migrate!("./migrations/postgres").run(&pool).await?;

@@ -253,6 +253,8 @@ pub struct Options {
     pub store_url: Option<String>,
     /// Redis URL, for shared-state mode.
     pub redis: Option<String>,
+    /// `[quota] on_redis_error`.
+    pub on_redis_error: &'static str,
 }
 
 impl Default for Options {
@@ -264,6 +266,7 @@ impl Default for Options {
             backend: Backend::Sqlite,
             store_url: None,
             redis: None,
+            on_redis_error: "local",
         }
     }
 }
@@ -432,6 +435,7 @@ flush_interval = "100ms"
 [quota]
 limit = 1000
 period = "month"
+on_redis_error = "{on_redis_error}"
 
 {extra}
 {routes}"#,
@@ -444,6 +448,7 @@ period = "month"
             .map(|url| format!("[redis]\nurl = \"{url}\"\n"))
             .unwrap_or_default(),
         extra = options.extra,
+        on_redis_error = options.on_redis_error,
         routes = ROUTES.replace("{HANG}", &hang.addr.to_string()),
     )
 }
