@@ -1,9 +1,64 @@
 #!/usr/bin/env bash
 # The whole test suite: unit tests, integration tests against real loopback
-# upstreams and a real SQLite store, and the binary end to end.
-# Needs only the Rust toolchain today; later suites that need Redis or PostgreSQL
-# start them here. With CI=true a missing service is a failure, never a skip.
+# upstreams, SQLite, PostgreSQL and Redis, and the binary end to end.
+#
+# It makes the services available first, on a fresh Debian machine too:
+# - Redis: the tests start their own redis-server on free ports; only the binary is
+#   needed (installed with apt-get when missing).
+# - PostgreSQL: KEYGATE_TEST_POSTGRES if set, else 127.0.0.1:5432 if it takes
+#   postgres@ without a password, else a private throwaway cluster on a free port
+#   (PostgreSQL installed with apt-get when missing).
+# With CI=true a test that cannot reach a service fails; elsewhere it is skipped loudly.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+apt_updated=
+install() {
+    echo "test.sh: installing $*" >&2
+    if [ -z "$apt_updated" ]; then as_root apt-get update -qq; apt_updated=1; fi
+    # Packages must not start system services (we start our own).
+    printf '#!/bin/sh\nexit 101\n' | as_root tee /usr/sbin/policy-rc.d >/dev/null
+    as_root chmod +x /usr/sbin/policy-rc.d
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "$@" >/dev/null
+    as_root rm -f /usr/sbin/policy-rc.d
+}
+
+command -v redis-server >/dev/null || install redis-server
+command -v psql >/dev/null || install postgresql-client
+
+pg_ok() { psql "$1" -Atqc 'select 1' >/dev/null 2>&1; }
+cleanup=()
+trap 'for c in "${cleanup[@]}"; do eval "$c"; done' EXIT
+
+if [ -z "${KEYGATE_TEST_POSTGRES:-}" ]; then
+    default=postgres://postgres@127.0.0.1:5432/postgres
+    if [ -z "${KEYGATE_TEST_PRIVATE_PG:-}" ] && pg_ok "$default"; then
+        export KEYGATE_TEST_POSTGRES=$default
+    else
+        initdb=$(ls /usr/lib/postgresql/*/bin/initdb 2>/dev/null | sort -V | tail -1 || true)
+        if [ -z "$initdb" ]; then
+            install postgresql
+            initdb=$(ls /usr/lib/postgresql/*/bin/initdb | sort -V | tail -1)
+        fi
+        bin=$(dirname "$initdb")
+        data=$(mktemp -d /tmp/keygate-pg.XXXXXX)
+        port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+        run=()
+        if [ "$(id -u)" = 0 ]; then
+            # PostgreSQL refuses to run as root.
+            id postgres >/dev/null 2>&1 || as_root useradd --system --no-create-home postgres
+            chown postgres "$data"
+            run=(runuser -u postgres --)
+        fi
+        "${run[@]}" "$bin/initdb" -D "$data" -A trust -U postgres >/dev/null
+        "${run[@]}" "$bin/pg_ctl" -D "$data" -l "$data/log" -w \
+            -o "-p $port -k $data -c listen_addresses=127.0.0.1 -c fsync=off" start >/dev/null
+        cleanup+=("${run[*]} $bin/pg_ctl -D $data -m immediate stop >/dev/null 2>&1; rm -rf $data")
+        export KEYGATE_TEST_POSTGRES=postgres://postgres@127.0.0.1:$port/postgres
+        echo "test.sh: started a private PostgreSQL on 127.0.0.1:$port" >&2
+    fi
+fi
+
 cargo test --all-targets "$@"
 cargo test --doc "$@"

@@ -167,13 +167,23 @@ async fn flush_periodically(
     every: Duration,
     mut stopped: watch::Receiver<bool>,
 ) {
+    let mut failing = false;
     loop {
         tokio::select! {
             () = tokio::time::sleep(every) => {}
             _ = stopped.changed() => return,
         }
-        if let Err(e) = counters.flush(clock.now()).await {
-            tracing::warn!(error = %e, "cannot write quota counts; will retry");
+        match counters.flush(clock.now()).await {
+            Ok(()) if failing => {
+                tracing::info!("quota counts written again");
+                failing = false;
+            }
+            Ok(()) => {}
+            Err(e) if !failing => {
+                tracing::warn!(error = %e, "cannot write quota counts; keeping them in memory and retrying");
+                failing = true;
+            }
+            Err(_) => {}
         }
     }
 }

@@ -1,6 +1,7 @@
 //! The binary as users run it: `serve`, `keys ...`, `check-config`, with every
 //! process's logs captured at trace level and searched for key material.
 
+#[macro_use]
 mod common;
 
 use std::io::{BufRead, BufReader};
@@ -9,7 +10,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::Echo;
+use common::services::PgDatabase;
+use common::{Backend, Echo};
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_keygate");
@@ -47,6 +49,10 @@ impl Cli {
 }
 
 fn write_config(dir: &Path, upstream: &str) -> PathBuf {
+    write_config_on(dir, upstream, &format!("sqlite://{}/keygate.db", dir.display()))
+}
+
+fn write_config_on(dir: &Path, upstream: &str, store: &str) -> PathBuf {
     let path = dir.join("keygate.toml");
     let text = format!(
         r#"
@@ -56,7 +62,7 @@ upstream = "http://{upstream}"
 workers = 1
 
 [store]
-url = "sqlite://{dir}/keygate.db"
+url = "{store}"
 poll_interval = "50ms"
 
 [[route]]
@@ -65,8 +71,7 @@ methods = ["GET"]
 path = "/v1/orgs/{{org}}/items/**"
 scopes = ["read"]
 org_param = "org"
-"#,
-        dir = dir.display()
+"#
     );
     std::fs::write(&path, text).expect("write config");
     path
@@ -101,13 +106,24 @@ fn serve(config: &Path, logs: Arc<Mutex<String>>) -> (Child, String) {
     (child, addr)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_binary_serves_manages_keys_and_never_logs_a_key() {
+both_stores!(the_binary_serves_manages_keys_and_never_logs_a_key);
+async fn the_binary_serves_manages_keys_and_never_logs_a_key(backend: Backend) {
     let dir = tempfile::tempdir().expect("temp dir");
+    let pg = match backend {
+        Backend::Sqlite => None,
+        Backend::Postgres => match PgDatabase::create().await {
+            Some(db) => Some(db),
+            None => return,
+        },
+    };
+    let store = pg.as_ref().map_or_else(
+        || format!("sqlite://{}/keygate.db", dir.path().display()),
+        PgDatabase::url,
+    );
     let echo = Echo::start().await;
     let logs = Arc::new(Mutex::new(String::new()));
     let cli = Cli {
-        config: write_config(dir.path(), &echo.addr.to_string()),
+        config: write_config_on(dir.path(), &echo.addr.to_string(), &store),
         logs: Arc::clone(&logs),
     };
 

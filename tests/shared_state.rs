@@ -314,7 +314,14 @@ async fn postgres_going_away_keeps_cached_keys_working() {
     );
 
     relay.cut();
-    assert_eq!(a.get(ITEMS, &cached).await.status(), 200, "cached in L1");
+    let resp = a.get(ITEMS, &cached).await;
+    let status = resp.status();
+    assert_eq!(
+        status,
+        200,
+        "cached in L1: {}",
+        resp.text().await.unwrap_or_default()
+    );
     assert_eq!(
         b.get(ITEMS, &cached).await.status(),
         200,

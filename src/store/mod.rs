@@ -284,7 +284,8 @@ impl Store {
         }
     }
 
-    /// Key changes after `seq`, oldest first (at most 1,000).
+    /// Key changes after `seq`, oldest first (at most 1,000); creations are left out,
+    /// since a new key has nothing to invalidate.
     ///
     /// # Errors
     /// On database failure.

@@ -239,10 +239,12 @@ impl Postgres {
     }
 
     pub(super) async fn changes_since(&self, seq: i64) -> Result<Vec<Change>, Error> {
-        let rows = sqlx::query("SELECT seq, key_id FROM audit_log WHERE seq > $1 ORDER BY seq LIMIT 1000")
-            .bind(seq)
-            .fetch_all(&self.pool)
-            .await?;
+        let rows = sqlx::query(
+            "SELECT seq, key_id FROM audit_log WHERE seq > $1 AND action <> 'create' ORDER BY seq LIMIT 1000",
+        )
+        .bind(seq)
+        .fetch_all(&self.pool)
+        .await?;
         rows.iter()
             .map(|row| {
                 Ok(Change {
@@ -388,11 +390,15 @@ async fn audit(
         .bind(detail)
         .execute(&mut **tx)
         .await?;
-    sqlx::query("SELECT pg_notify($1, $2)")
-        .bind(CHANNEL)
-        .bind(key_id.to_string())
-        .execute(&mut **tx)
-        .await?;
+    // A new key has nothing cached anywhere; announcing it would only evict it from
+    // caches that a first request may have filled already.
+    if action != "create" {
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(CHANNEL)
+            .bind(key_id.to_string())
+            .execute(&mut **tx)
+            .await?;
+    }
     Ok(())
 }
 

@@ -242,10 +242,12 @@ impl Sqlite {
     }
 
     pub(super) async fn changes_since(&self, seq: i64) -> Result<Vec<Change>, Error> {
-        let rows = sqlx::query("SELECT seq, key_id FROM audit_log WHERE seq > $1 ORDER BY seq LIMIT 1000")
-            .bind(seq)
-            .fetch_all(&self.pool)
-            .await?;
+        let rows = sqlx::query(
+            "SELECT seq, key_id FROM audit_log WHERE seq > $1 AND action <> 'create' ORDER BY seq LIMIT 1000",
+        )
+        .bind(seq)
+        .fetch_all(&self.pool)
+        .await?;
         rows.iter()
             .map(|row| {
                 let key_id: Option<String> = row.try_get("key_id")?;
