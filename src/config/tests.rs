@@ -34,6 +34,21 @@ fn the_example_config_loads() {
 }
 
 #[test]
+fn the_example_redis_table_loads_when_uncommented() {
+    let example = include_str!("../../config/keygate.toml");
+    let start = example.find("# [redis]").expect("commented [redis] table");
+    let block: String = example[start..]
+        .lines()
+        .take_while(|l| l.starts_with('#'))
+        .map(|l| l.strip_prefix("# ").unwrap_or(l))
+        .filter(|l| !l.starts_with('#'))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let config = parse(&block, &env(&[])).unwrap_or_else(|d| panic!("{block}\n{d:?}"));
+    assert_eq!(config.redis.expect("redis").url, "redis://127.0.0.1:6379");
+}
+
+#[test]
 fn the_quickstart_config_loads_once_filled_in() {
     let text = include_str!("../../config/quickstart.toml")
         .replace("{LISTEN}", "127.0.0.1:0")
