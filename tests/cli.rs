@@ -4,9 +4,8 @@
 #[macro_use]
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Output};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -78,32 +77,7 @@ org_param = "org"
 }
 
 fn serve(config: &Path, logs: Arc<Mutex<String>>) -> (Child, String) {
-    let mut child = Command::new(BIN)
-        .args(["--log-format", "json", "serve", "--config"])
-        .arg(config)
-        .env("RUST_LOG", "trace")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start keygate serve");
-    let stderr = child.stderr.take().expect("stderr");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Ok(v) = serde_json::from_str::<Value>(&line)
-                && let Some(addr) = v["fields"]["addr"].as_str()
-            {
-                let _ = tx.send(addr.to_owned());
-            }
-            let mut logs = logs.lock().expect("logs");
-            logs.push_str(&line);
-            logs.push('\n');
-        }
-    });
-    let addr = rx
-        .recv_timeout(Duration::from_secs(10))
-        .expect("serve logs its address");
-    (child, addr)
+    common::serve_process(config, "trace", logs)
 }
 
 both_stores!(the_binary_serves_manages_keys_and_never_logs_a_key);

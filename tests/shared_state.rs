@@ -361,3 +361,79 @@ async fn postgres_going_away_keeps_cached_keys_working() {
     a.stop().await;
     drop(db);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_serve_processes_share_one_quota_exactly() {
+    let Some(db) = PgDatabase::create().await else {
+        return;
+    };
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
+    let echo = common::Echo::start().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = dir.path().join("keygate.toml");
+    let text = format!(
+        "[proxy]\nlisten = \"127.0.0.1:0\"\nupstream = \"http://{}\"\nworkers = 1\n\n\
+         [store]\nurl = \"{}\"\n\n[redis]\nurl = \"{}\"\n\n\
+         [[route]]\nname = \"items\"\npath = \"/v1/orgs/{{org}}/items/**\"\nscopes = [\"read\"]\norg_param = \"org\"\n",
+        echo.addr,
+        db.url(),
+        redis.url()
+    );
+    std::fs::write(&config, text).expect("config");
+    let created = std::process::Command::new(env!("CARGO_BIN_EXE_keygate"))
+        .args([
+            "keys", "create", "--name", "shared", "--org", "acme", "--quota", "1000", "--json", "--config",
+        ])
+        .arg(&config)
+        .output()
+        .expect("keys create");
+    assert!(
+        created.status.success(),
+        "{}",
+        String::from_utf8_lossy(&created.stderr)
+    );
+    let key = serde_json::from_slice::<serde_json::Value>(&created.stdout).expect("json")["key"]
+        .as_str()
+        .expect("key")
+        .to_owned();
+    let logs = Arc::new(std::sync::Mutex::new(String::new()));
+    let (first, addr_a) = common::serve_process(&config, "info", Arc::clone(&logs));
+    let (second, addr_b) = common::serve_process(&config, "info", Arc::clone(&logs));
+    let mut tasks = Vec::new();
+    for i in 0..128 {
+        let url = format!("http://{}{ITEMS}", if i % 2 == 0 { &addr_a } else { &addr_b });
+        let key = key.clone();
+        tasks.push(tokio::spawn(async move {
+            let client = reqwest::Client::new();
+            let mut statuses = Vec::new();
+            for _ in 0..10 {
+                statuses.push(
+                    client
+                        .get(&url)
+                        .bearer_auth(&key)
+                        .send()
+                        .await
+                        .expect("request")
+                        .status()
+                        .as_u16(),
+                );
+            }
+            statuses
+        }));
+    }
+    let mut statuses = Vec::new();
+    for t in tasks {
+        statuses.extend(t.await.expect("client"));
+    }
+    let ok = statuses.iter().filter(|&&s| s == 200).count();
+    let limited = statuses.iter().filter(|&&s| s == 429).count();
+    eprintln!(
+        "2 keygate processes x 64 clients, one Redis + one PostgreSQL, quota 1000: {ok} admitted, {limited} refused"
+    );
+    assert_eq!((ok, limited), (1000, 280));
+    assert_eq!(echo.hits(), 1000);
+    common::terminate(first);
+    common::terminate(second);
+}

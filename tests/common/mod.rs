@@ -503,3 +503,50 @@ pub async fn raw(addr: SocketAddr, request: &[u8]) -> (u16, String) {
     let body = text.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned();
     (status, body)
 }
+
+/// Starts `keygate serve --config FILE` as a child process logging JSON at `rust_log`
+/// into `logs`; returns it and the address it listens on.
+pub fn serve_process(
+    config: &std::path::Path,
+    rust_log: &str,
+    logs: Arc<std::sync::Mutex<String>>,
+) -> (std::process::Child, String) {
+    use std::io::{BufRead, BufReader};
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_keygate"))
+        .args(["--log-format", "json", "serve", "--config"])
+        .arg(config)
+        .env("RUST_LOG", rust_log)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start keygate serve");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Ok(v) = serde_json::from_str::<Value>(&line)
+                && let Some(addr) = v["fields"]["addr"].as_str()
+            {
+                let _ = tx.send(addr.to_owned());
+            }
+            let mut logs = logs.lock().expect("logs");
+            logs.push_str(&line);
+            logs.push('\n');
+        }
+    });
+    let addr = rx
+        .recv_timeout(std::time::Duration::from_secs(10))
+        .expect("serve logs its address");
+    (child, addr)
+}
+
+/// Sends SIGTERM and checks the process exits 0.
+pub fn terminate(mut child: std::process::Child) {
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    let exit = child.wait().expect("wait");
+    assert!(exit.success(), "serve exited with {exit:?}");
+}
