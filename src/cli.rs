@@ -13,7 +13,7 @@ use crate::clock::{SharedClock, SystemClock};
 use crate::config::{self, Config, Env, ProcessEnv};
 use crate::keys::{KeyRecord, Owner, Restrictions, Status};
 use crate::manage::{self, NewKey};
-use crate::store::{ListQuery, Patch, Store};
+use crate::store::{Actor, ListQuery, Patch, Store};
 use crate::telemetry::LogFormat;
 
 /// keygate: API-key authentication in front of the API you already run.
@@ -282,17 +282,17 @@ async fn keys(command: KeysCommand, config: &Config, clock: SharedClock) -> anyh
         }
         KeysCommand::Update(args) => update(&keys, args, now).await,
         KeysCommand::Pause(args) => {
-            let record = keys.pause(args.id, &actor(&args.common)).await?;
+            let record = keys.pause(args.id, &Actor::cli(&actor(&args.common))).await?;
             print_record(&record, now, args.common.json, Some("paused"));
             Ok(())
         }
         KeysCommand::Resume(args) => {
-            let record = keys.resume(args.id, &actor(&args.common)).await?;
+            let record = keys.resume(args.id, &Actor::cli(&actor(&args.common))).await?;
             print_record(&record, now, args.common.json, Some("resumed"));
             Ok(())
         }
         KeysCommand::Revoke(args) => {
-            let record = keys.revoke(args.id, &actor(&args.common)).await?;
+            let record = keys.revoke(args.id, &Actor::cli(&actor(&args.common))).await?;
             print_record(&record, clock.now(), args.common.json, Some("revoked"));
             Ok(())
         }
@@ -301,7 +301,9 @@ async fn keys(command: KeysCommand, config: &Config, clock: SharedClock) -> anyh
                 Some(s) => chrono_duration(s)?,
                 None => chrono::Duration::zero(),
             };
-            let (key, record) = keys.rotate(args.id, overlap, &actor(&args.common)).await?;
+            let (key, record) = keys
+                .rotate(args.id, overlap, &Actor::cli(&actor(&args.common)))
+                .await?;
             print_created(key.expose(), &record, now, args.common.json);
             Ok(())
         }
@@ -339,7 +341,7 @@ async fn create(keys: &manage::Keys, args: CreateArgs, now: DateTime<Utc>) -> an
         },
         metadata,
     };
-    let (key, record) = keys.create(new, &actor(&args.common)).await?;
+    let (key, record) = keys.create(new, &Actor::cli(&actor(&args.common))).await?;
     print_created(key.expose(), &record, now, args.common.json);
     Ok(())
 }
@@ -425,7 +427,9 @@ async fn update(keys: &manage::Keys, args: UpdateArgs, now: DateTime<Utc>) -> an
         }
         patch.restrictions = Some(restrictions);
     }
-    let record = keys.update(args.id, &patch, &actor(&args.common)).await?;
+    let record = keys
+        .update(args.id, &patch, &Actor::cli(&actor(&args.common)))
+        .await?;
     print_record(&record, now, args.common.json, Some("updated"));
     Ok(())
 }
@@ -551,7 +555,7 @@ async fn quickstart(listen: &str, clock: SharedClock) -> anyhow::Result<ExitCode
         scopes: vec!["read".into(), "write".into()],
         ..NewKey::default()
     };
-    let (key, _) = app.keys().create(new, "quickstart").await?;
+    let (key, _) = app.keys().create(new, &Actor::cli("quickstart")).await?;
     let addr = app.proxy_addr();
     let url = format!("http://{addr}/v1/orgs/acme/items/1");
     println!(

@@ -14,7 +14,7 @@ use crate::cache::L1;
 use crate::cache::redis::Redis;
 use crate::clock::SharedClock;
 use crate::keys::{ApiKey, Format, KeyRecord, Owner, Restrictions};
-use crate::store::{self, ListQuery, Page, Patch, Store};
+use crate::store::{self, Actor, ListQuery, Page, Patch, Store};
 
 /// What a new key should be.
 #[derive(Debug, Clone, Default)]
@@ -94,7 +94,7 @@ impl Keys {
     ///
     /// # Errors
     /// Invalid input, the random source, or the store.
-    pub async fn create(&self, new: NewKey, actor: &str) -> Result<(ApiKey, KeyRecord), Error> {
+    pub async fn create(&self, new: NewKey, actor: &Actor) -> Result<(ApiKey, KeyRecord), Error> {
         validate_new(&new)?;
         let environment = new
             .environment
@@ -108,7 +108,7 @@ impl Keys {
         let key = ApiKey::generate(&self.format, &environment)?;
         let owner = new.owner.clone().unwrap_or_else(|| match &new.org_id {
             Some(org) => Owner::Org(org.clone()),
-            None => Owner::User(actor.to_owned()),
+            None => Owner::User(actor.name.clone()),
         });
         let record = KeyRecord {
             id: Uuid::new_v4(),
@@ -122,7 +122,7 @@ impl Keys {
             restrictions: new.restrictions,
             quota_limit: new.quota_limit,
             metadata: new.metadata.unwrap_or_else(|| serde_json::json!({})),
-            created_by: actor.to_owned(),
+            created_by: actor.name.clone(),
             created_at: self.clock.now(),
             last_used_at: None,
             expires_at: new.expires_at,
@@ -153,7 +153,7 @@ impl Keys {
     ///
     /// # Errors
     /// Invalid scopes, not found, or the store.
-    pub async fn update(&self, id: Uuid, patch: &Patch, actor: &str) -> Result<KeyRecord, Error> {
+    pub async fn update(&self, id: Uuid, patch: &Patch, actor: &Actor) -> Result<KeyRecord, Error> {
         if let Some(scopes) = &patch.scopes {
             validate_scopes(scopes)?;
         }
@@ -165,7 +165,7 @@ impl Keys {
     ///
     /// # Errors
     /// Not found, or the store.
-    pub async fn pause(&self, id: Uuid, actor: &str) -> Result<KeyRecord, Error> {
+    pub async fn pause(&self, id: Uuid, actor: &Actor) -> Result<KeyRecord, Error> {
         let record = self.store.set_paused(id, true, actor).await?;
         self.evicted(id, record).await
     }
@@ -174,7 +174,7 @@ impl Keys {
     ///
     /// # Errors
     /// Not found, or the store.
-    pub async fn resume(&self, id: Uuid, actor: &str) -> Result<KeyRecord, Error> {
+    pub async fn resume(&self, id: Uuid, actor: &Actor) -> Result<KeyRecord, Error> {
         let record = self.store.set_paused(id, false, actor).await?;
         self.evicted(id, record).await
     }
@@ -183,7 +183,7 @@ impl Keys {
     ///
     /// # Errors
     /// Not found, or the store.
-    pub async fn revoke(&self, id: Uuid, actor: &str) -> Result<KeyRecord, Error> {
+    pub async fn revoke(&self, id: Uuid, actor: &Actor) -> Result<KeyRecord, Error> {
         let record = self.store.revoke(id, self.clock.now(), actor).await?;
         self.evicted(id, record).await
     }
@@ -197,7 +197,7 @@ impl Keys {
         &self,
         id: Uuid,
         overlap: Duration,
-        actor: &str,
+        actor: &Actor,
     ) -> Result<(ApiKey, KeyRecord), Error> {
         let old = self.get(id).await?;
         let now = self.clock.now();
@@ -211,7 +211,7 @@ impl Keys {
             id: Uuid::new_v4(),
             display_prefix: self.format.display_prefix(key.expose()),
             hash: key.hash(),
-            created_by: actor.to_owned(),
+            created_by: actor.name.clone(),
             created_at: now,
             last_used_at: None,
             paused: false,

@@ -58,9 +58,17 @@ async fn every_refusal_has_its_status_code_and_json_and_reaches_no_upstream(back
     };
     let (read, _) = app.acme_key(&["read"]).await;
     let (revoked, r) = app.acme_key(&["read"]).await;
-    app.app().keys().revoke(r.id, "tests").await.expect("revoke");
+    app.app()
+        .keys()
+        .revoke(r.id, &"tests".into())
+        .await
+        .expect("revoke");
     let (paused, p) = app.acme_key(&["read"]).await;
-    app.app().keys().pause(p.id, "tests").await.expect("pause");
+    app.app()
+        .keys()
+        .pause(p.id, &"tests".into())
+        .await
+        .expect("pause");
     let (expired, _) = app
         .key(NewKey {
             expires_at: Some(Utc::now() - Duration::seconds(1)),
@@ -336,7 +344,11 @@ async fn revoked_status_can_be_403(backend: Backend) {
         return;
     };
     let (key, record) = app.acme_key(&["read"]).await;
-    app.app().keys().revoke(record.id, "tests").await.expect("revoke");
+    app.app()
+        .keys()
+        .revoke(record.id, &"tests".into())
+        .await
+        .expect("revoke");
     let resp = app.get("/v1/orgs/acme/items/1", &key).await;
     assert_eq!(resp.status(), StatusCode::FORBIDDEN);
     assert_eq!(code(resp).await, "key_revoked");

@@ -22,7 +22,11 @@ async fn revocation_takes_effect_on_the_next_request(backend: Backend) {
     };
     let (key, record) = app.acme_key(&["read"]).await;
     assert_eq!(app.get(ITEMS, &key).await.status(), 200, "cached now");
-    app.app().keys().revoke(record.id, "tests").await.expect("revoke");
+    app.app()
+        .keys()
+        .revoke(record.id, &"tests".into())
+        .await
+        .expect("revoke");
     let resp = app.get(ITEMS, &key).await;
     assert_eq!(resp.status(), 401);
     assert_eq!(code(resp).await, "key_revoked");
@@ -30,7 +34,7 @@ async fn revocation_takes_effect_on_the_next_request(backend: Backend) {
     let again = app
         .app()
         .keys()
-        .revoke(record.id, "tests")
+        .revoke(record.id, &"tests".into())
         .await
         .expect("revoke again");
     let first = app.app().keys().get(record.id).await.expect("get");
@@ -46,15 +50,17 @@ async fn pause_resume_and_scope_changes_take_effect_on_the_next_request(backend:
     let (key, record) = app.acme_key(&["read"]).await;
     let keys = app.app().keys();
     assert_eq!(app.get(ITEMS, &key).await.status(), 200);
-    keys.pause(record.id, "tests").await.expect("pause");
+    keys.pause(record.id, &"tests".into()).await.expect("pause");
     assert_eq!(code(app.get(ITEMS, &key).await).await, "key_paused");
-    keys.resume(record.id, "tests").await.expect("resume");
+    keys.resume(record.id, &"tests".into()).await.expect("resume");
     assert_eq!(app.get(ITEMS, &key).await.status(), 200);
     let patch = Patch {
         scopes: Some(vec!["write".into()]),
         ..Patch::default()
     };
-    keys.update(record.id, &patch, "tests").await.expect("update");
+    keys.update(record.id, &patch, &"tests".into())
+        .await
+        .expect("update");
     assert_eq!(code(app.get(ITEMS, &key).await).await, "insufficient_scope");
     app.stop().await;
 }
@@ -97,7 +103,7 @@ async fn rotation_issues_a_working_key_and_retires_the_old_one(backend: Backend)
     let (old, record) = app.acme_key(&["read"]).await;
     let keys = app.app().keys();
     let (new, new_record) = keys
-        .rotate(record.id, chrono::Duration::zero(), "tests")
+        .rotate(record.id, chrono::Duration::zero(), &"tests".into())
         .await
         .expect("rotate");
     assert_ne!(new_record.id, record.id);
@@ -108,7 +114,7 @@ async fn rotation_issues_a_working_key_and_retires_the_old_one(backend: Backend)
     // With an overlap, both work until the old one's time is up.
     let (older, rec) = app.acme_key(&["read"]).await;
     let (newer, _) = keys
-        .rotate(rec.id, chrono::Duration::hours(1), "tests")
+        .rotate(rec.id, chrono::Duration::hours(1), &"tests".into())
         .await
         .expect("rotate");
     assert_eq!(app.get(ITEMS, &older).await.status(), 200);

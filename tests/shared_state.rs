@@ -103,7 +103,7 @@ async fn propagation(a: &TestApp, b: &TestApp, label: &str) -> Duration {
     }
     let mut delays = Vec::new();
     for (key, id) in &keys {
-        a.app().keys().revoke(*id, "tests").await.expect("revoke");
+        a.app().keys().revoke(*id, &"tests".into()).await.expect("revoke");
         let revoked = Instant::now();
         loop {
             let resp = b.get(ITEMS, key).await;

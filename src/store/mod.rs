@@ -119,6 +119,85 @@ pub struct UsageRow {
     pub used: u64,
 }
 
+/// Who made a change, from where and how; written to the audit log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Actor {
+    /// A name: the CLI's `--actor` (or OS user), an admin key's name, or `system`.
+    pub name: String,
+    /// The admin key used, when the change came through the admin API.
+    pub key_id: Option<Uuid>,
+    /// The client's address, when the change came over the network.
+    pub client_ip: Option<String>,
+    /// `cli`, `admin_key` or `system`.
+    pub auth_method: &'static str,
+}
+
+impl Actor {
+    /// Someone using the CLI on the store directly.
+    pub fn cli(name: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            key_id: None,
+            client_ip: None,
+            auth_method: "cli",
+        }
+    }
+
+    /// An admin key over the admin API; named after the key.
+    pub fn admin_key(key: &KeyRecord, client_ip: Option<String>) -> Self {
+        Self {
+            name: key.name.clone(),
+            key_id: Some(key.id),
+            client_ip,
+            auth_method: "admin_key",
+        }
+    }
+}
+
+impl From<&str> for Actor {
+    fn from(name: &str) -> Self {
+        Self::cli(name)
+    }
+}
+
+/// One audit log entry.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AuditEntry {
+    /// Position in the log.
+    pub seq: i64,
+    /// When it happened.
+    pub at: DateTime<Utc>,
+    /// Who acted (see [`Actor::name`]).
+    pub actor: String,
+    /// The admin key that acted, if any.
+    pub actor_key_id: Option<Uuid>,
+    /// `create`, `update`, `pause`, `resume`, `revoke` or `rotate`.
+    pub action: String,
+    /// The key acted on.
+    pub key_id: Option<Uuid>,
+    /// That key's org.
+    pub org_id: Option<String>,
+    /// The client's address, for changes over the network.
+    pub client_ip: Option<String>,
+    /// `cli`, `admin_key` or `system`.
+    pub auth_method: String,
+    /// Details (e.g. the successor of a rotated key).
+    pub detail: serde_json::Value,
+}
+
+/// One page of the audit log, newest first.
+#[derive(Debug, Clone, Serialize)]
+pub struct AuditPage {
+    /// Entries on this page.
+    pub items: Vec<AuditEntry>,
+    /// Entries matching, on all pages.
+    pub total: u64,
+    /// This page (1-based).
+    pub page: u32,
+    /// Page size.
+    pub limit: u32,
+}
+
 /// A key change seen in the change feed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Change {
@@ -170,7 +249,7 @@ impl Store {
     ///
     /// # Errors
     /// On database failure (including a duplicate hash).
-    pub async fn create(&self, record: &KeyRecord, actor: &str) -> Result<(), Error> {
+    pub async fn create(&self, record: &KeyRecord, actor: &Actor) -> Result<(), Error> {
         match self {
             Self::Sqlite(s) => s.create(record, actor).await,
             Self::Postgres(s) => s.create(record, actor).await,
@@ -214,7 +293,7 @@ impl Store {
     ///
     /// # Errors
     /// On database failure.
-    pub async fn update(&self, id: Uuid, patch: &Patch, actor: &str) -> Result<Option<KeyRecord>, Error> {
+    pub async fn update(&self, id: Uuid, patch: &Patch, actor: &Actor) -> Result<Option<KeyRecord>, Error> {
         match self {
             Self::Sqlite(s) => s.update(id, patch, actor).await,
             Self::Postgres(s) => s.update(id, patch, actor).await,
@@ -225,7 +304,12 @@ impl Store {
     ///
     /// # Errors
     /// On database failure.
-    pub async fn set_paused(&self, id: Uuid, paused: bool, actor: &str) -> Result<Option<KeyRecord>, Error> {
+    pub async fn set_paused(
+        &self,
+        id: Uuid,
+        paused: bool,
+        actor: &Actor,
+    ) -> Result<Option<KeyRecord>, Error> {
         match self {
             Self::Sqlite(s) => s.set_paused(id, paused, actor).await,
             Self::Postgres(s) => s.set_paused(id, paused, actor).await,
@@ -237,7 +321,12 @@ impl Store {
     ///
     /// # Errors
     /// On database failure.
-    pub async fn revoke(&self, id: Uuid, at: DateTime<Utc>, actor: &str) -> Result<Option<KeyRecord>, Error> {
+    pub async fn revoke(
+        &self,
+        id: Uuid,
+        at: DateTime<Utc>,
+        actor: &Actor,
+    ) -> Result<Option<KeyRecord>, Error> {
         match self {
             Self::Sqlite(s) => s.revoke(id, at, actor).await,
             Self::Postgres(s) => s.revoke(id, at, actor).await,
@@ -254,7 +343,7 @@ impl Store {
         old_id: Uuid,
         new: &KeyRecord,
         revoke_at: DateTime<Utc>,
-        actor: &str,
+        actor: &Actor,
     ) -> Result<Option<KeyRecord>, Error> {
         match self {
             Self::Sqlite(s) => s.rotate(old_id, new, revoke_at, actor).await,
@@ -270,6 +359,29 @@ impl Store {
         match self {
             Self::Sqlite(s) => s.usage(key_id, period_start).await,
             Self::Postgres(s) => s.usage(key_id, period_start).await,
+        }
+    }
+
+    /// Audit entries, newest first; only those about keys of `org` when given.
+    ///
+    /// # Errors
+    /// On database failure.
+    pub async fn audit(&self, org: Option<&str>, page: u32, limit: u32) -> Result<AuditPage, Error> {
+        match self {
+            Self::Sqlite(s) => s.audit(org, page, limit).await,
+            Self::Postgres(s) => s.audit(org, page, limit).await,
+        }
+    }
+
+    /// The stored usage of a key's most recent `limit` periods, newest first, as
+    /// `(period_start unix seconds, used)`.
+    ///
+    /// # Errors
+    /// On database failure.
+    pub async fn usage_history(&self, key_id: Uuid, limit: u32) -> Result<Vec<(i64, u64)>, Error> {
+        match self {
+            Self::Sqlite(s) => s.usage_history(key_id, limit).await,
+            Self::Postgres(s) => s.usage_history(key_id, limit).await,
         }
     }
 

@@ -11,7 +11,10 @@ use sqlx::sqlite::{
 };
 use uuid::Uuid;
 
-use super::{Change, Error, ListQuery, Notice, Page, Patch, UsageRow, format_ts, parse_ts, to_i64};
+use super::{
+    Actor, AuditEntry, AuditPage, Change, Error, ListQuery, Notice, Page, Patch, UsageRow, format_ts,
+    parse_ts, to_i64,
+};
 use crate::keys::{KeyHash, KeyRecord, Owner, Status};
 use tokio::sync::{mpsc, watch};
 
@@ -46,17 +49,10 @@ impl Sqlite {
         Ok(Self { pool })
     }
 
-    pub(super) async fn create(&self, r: &KeyRecord, actor: &str) -> Result<(), Error> {
+    pub(super) async fn create(&self, r: &KeyRecord, actor: &Actor) -> Result<(), Error> {
         let mut tx = self.pool.begin().await?;
         insert(&mut tx, r).await?;
-        audit(
-            &mut tx,
-            actor,
-            "create",
-            Some(r.id),
-            serde_json::json!({"name": r.name}),
-        )
-        .await?;
+        audit(&mut tx, actor, "create", r, serde_json::json!({"name": r.name})).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -119,7 +115,7 @@ impl Sqlite {
         &self,
         id: Uuid,
         patch: &Patch,
-        actor: &str,
+        actor: &Actor,
     ) -> Result<Option<KeyRecord>, Error> {
         let mut tx = self.pool.begin().await?;
         let Some(mut record) = get(&mut *tx, id).await? else {
@@ -139,7 +135,7 @@ impl Sqlite {
         .bind(record.metadata.to_string())
         .execute(&mut *tx)
         .await?;
-        audit(&mut tx, actor, "update", Some(id), serde_json::json!({})).await?;
+        audit(&mut tx, actor, "update", &record, serde_json::json!({})).await?;
         tx.commit().await?;
         Ok(Some(record))
     }
@@ -148,7 +144,7 @@ impl Sqlite {
         &self,
         id: Uuid,
         paused: bool,
-        actor: &str,
+        actor: &Actor,
     ) -> Result<Option<KeyRecord>, Error> {
         let mut tx = self.pool.begin().await?;
         let done = sqlx::query("UPDATE keys SET paused = $2 WHERE id = $1")
@@ -160,8 +156,10 @@ impl Sqlite {
             return Ok(None);
         }
         let action = if paused { "pause" } else { "resume" };
-        audit(&mut tx, actor, action, Some(id), serde_json::json!({})).await?;
         let record = get(&mut *tx, id).await?;
+        if let Some(r) = &record {
+            audit(&mut tx, actor, action, r, serde_json::json!({})).await?;
+        }
         tx.commit().await?;
         Ok(record)
     }
@@ -170,12 +168,12 @@ impl Sqlite {
         &self,
         id: Uuid,
         at: DateTime<Utc>,
-        actor: &str,
+        actor: &Actor,
     ) -> Result<Option<KeyRecord>, Error> {
         let mut tx = self.pool.begin().await?;
         let record = revoke(&mut tx, id, at).await?;
-        if record.is_some() {
-            audit(&mut tx, actor, "revoke", Some(id), serde_json::json!({})).await?;
+        if let Some(r) = &record {
+            audit(&mut tx, actor, "revoke", r, serde_json::json!({})).await?;
         }
         tx.commit().await?;
         Ok(record)
@@ -186,15 +184,15 @@ impl Sqlite {
         old_id: Uuid,
         new: &KeyRecord,
         revoke_at: DateTime<Utc>,
-        actor: &str,
+        actor: &Actor,
     ) -> Result<Option<KeyRecord>, Error> {
         let mut tx = self.pool.begin().await?;
-        if revoke(&mut tx, old_id, revoke_at).await?.is_none() {
+        let Some(old) = revoke(&mut tx, old_id, revoke_at).await? else {
             return Ok(None);
-        }
+        };
         insert(&mut tx, new).await?;
         let detail = serde_json::json!({"new_id": new.id, "old_revoked_at": format_ts(revoke_at)});
-        audit(&mut tx, actor, "rotate", Some(old_id), detail).await?;
+        audit(&mut tx, actor, "rotate", &old, detail).await?;
         tx.commit().await?;
         Ok(Some(new.clone()))
     }
@@ -264,6 +262,72 @@ impl Sqlite {
             .fetch_one(&self.pool)
             .await?;
         Ok(seq.unwrap_or(0))
+    }
+
+    pub(super) async fn audit(&self, org: Option<&str>, page: u32, limit: u32) -> Result<AuditPage, Error> {
+        let limit = limit.clamp(1, 1000);
+        let page = page.max(1);
+        let total: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM audit_log WHERE ($1 IS NULL OR org_id = $1)")
+                .bind(org)
+                .fetch_one(&self.pool)
+                .await?;
+        let rows = sqlx::query(
+            "SELECT seq, at, actor, actor_key_id, action, key_id, org_id, client_ip, auth_method, detail \
+             FROM audit_log WHERE ($1 IS NULL OR org_id = $1) ORDER BY seq DESC LIMIT $2 OFFSET $3",
+        )
+        .bind(org)
+        .bind(i64::from(limit))
+        .bind(i64::from(page - 1) * i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        let items = rows
+            .iter()
+            .map(|row| {
+                let opt_uuid = |name: &str| -> Result<Option<Uuid>, Error> {
+                    row.try_get::<Option<String>, _>(name)?
+                        .as_deref()
+                        .map(parse_uuid)
+                        .transpose()
+                };
+                Ok(AuditEntry {
+                    seq: row.try_get("seq")?,
+                    at: parse_ts(&row.try_get::<String, _>("at")?)?,
+                    actor: row.try_get("actor")?,
+                    actor_key_id: opt_uuid("actor_key_id")?,
+                    action: row.try_get("action")?,
+                    key_id: opt_uuid("key_id")?,
+                    org_id: row.try_get("org_id")?,
+                    client_ip: row.try_get("client_ip")?,
+                    auth_method: row.try_get("auth_method")?,
+                    detail: from_json(&row.try_get::<String, _>("detail")?)?,
+                })
+            })
+            .collect::<Result<_, Error>>()?;
+        Ok(AuditPage {
+            items,
+            total: u64::try_from(total).unwrap_or_default(),
+            page,
+            limit,
+        })
+    }
+
+    pub(super) async fn usage_history(&self, key_id: Uuid, limit: u32) -> Result<Vec<(i64, u64)>, Error> {
+        let rows = sqlx::query(
+            "SELECT period_start, used FROM quota_usage WHERE key_id = $1 ORDER BY period_start DESC LIMIT $2",
+        )
+        .bind(key_id.to_string())
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get("period_start")?,
+                    u64::try_from(r.try_get::<i64, _>("used")?).unwrap_or_default(),
+                ))
+            })
+            .collect()
     }
 
     pub(super) async fn ping(&self) -> Result<(), Error> {
@@ -379,19 +443,26 @@ async fn revoke(tx: &mut Tx, id: Uuid, at: DateTime<Utc>) -> Result<Option<KeyRe
 
 async fn audit(
     tx: &mut Tx,
-    actor: &str,
+    actor: &Actor,
     action: &str,
-    key_id: Option<Uuid>,
+    target: &KeyRecord,
     detail: serde_json::Value,
 ) -> Result<(), Error> {
-    sqlx::query("INSERT INTO audit_log (at, actor, action, key_id, detail) VALUES ($1, $2, $3, $4, $5)")
-        .bind(format_ts(Utc::now()))
-        .bind(actor)
-        .bind(action)
-        .bind(key_id.map(|id| id.to_string()))
-        .bind(detail.to_string())
-        .execute(&mut **tx)
-        .await?;
+    sqlx::query(
+        "INSERT INTO audit_log (at, actor, action, key_id, detail, actor_key_id, client_ip, auth_method, org_id) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+    )
+    .bind(format_ts(Utc::now()))
+    .bind(&actor.name)
+    .bind(action)
+    .bind(target.id.to_string())
+    .bind(detail.to_string())
+    .bind(actor.key_id.map(|id| id.to_string()))
+    .bind(&actor.client_ip)
+    .bind(actor.auth_method)
+    .bind(&target.org_id)
+    .execute(&mut **tx)
+    .await?;
     Ok(())
 }
 

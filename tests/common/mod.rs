@@ -387,7 +387,12 @@ impl TestApp {
 
     /// Creates a key through the same path as the CLI; returns the plaintext and record.
     pub async fn key(&self, new: NewKey) -> (String, KeyRecord) {
-        let (key, record) = self.app().keys().create(new, "tests").await.expect("create key");
+        let (key, record) = self
+            .app()
+            .keys()
+            .create(new, &"tests".into())
+            .await
+            .expect("create key");
         (key.expose().to_owned(), record)
     }
 
