@@ -14,6 +14,7 @@ use anyhow::Context as _;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::admin;
 use crate::auth::{Decider, verify::Verifier};
 use crate::cache::redis::Redis;
 use crate::cache::{L1, invalidation};
@@ -27,6 +28,7 @@ use crate::store::Store;
 /// A running keygate.
 pub struct App {
     proxy: proxy::Running,
+    admin_addr: Option<SocketAddr>,
     counters: Arc<Counters>,
     store: Store,
     keys: manage::Keys,
@@ -55,10 +57,15 @@ pub async fn start(config: Config, clock: SharedClock) -> anyhow::Result<App> {
         redis.clone(),
         control.clone(),
     ));
-    let verifier = Verifier::new(Arc::clone(&l1), redis.clone(), store.clone(), control);
+    let verifier = Arc::new(Verifier::new(
+        Arc::clone(&l1),
+        redis.clone(),
+        store.clone(),
+        control,
+    ));
     let decider = Arc::new(Decider::new(
         config.auth.clone(),
-        verifier,
+        Arc::clone(&verifier),
         Arc::clone(&counters),
         Arc::clone(&clock),
     ));
@@ -95,10 +102,33 @@ pub async fn start(config: Config, clock: SharedClock) -> anyhow::Result<App> {
             Arc::clone(redis).watch_health(Duration::from_millis(200), stopped),
         ));
     }
+    let admin_addr = match config.admin {
+        None => None,
+        Some(settings) => {
+            let listener = tokio::net::TcpListener::bind(settings.listen)
+                .await
+                .with_context(|| format!("cannot listen on {} (admin)", settings.listen))?;
+            let addr = listener.local_addr()?;
+            let state = admin::State::new(admin::Inner {
+                keys: keys.clone(),
+                verifier,
+                credentials: config.auth.credentials.clone(),
+                counters: Arc::clone(&counters),
+                store: store.clone(),
+                redis: redis.clone(),
+                clock: Arc::clone(&clock),
+                failures: admin::auth::Failures::new(settings.max_failed_auth_per_minute),
+            });
+            tasks.push(tokio::spawn(admin::serve(listener, state, stop.subscribe())));
+            tracing::info!(%addr, "admin listening");
+            Some(addr)
+        }
+    };
     let proxy = proxy::start(config.proxy.clone(), decider, Arc::clone(&clock))
         .with_context(|| format!("cannot listen on {}", config.proxy.listen))?;
     Ok(App {
         proxy,
+        admin_addr,
         counters,
         store,
         keys,
@@ -112,6 +142,11 @@ impl App {
     /// The proxy's bound address.
     pub fn proxy_addr(&self) -> SocketAddr {
         self.proxy.local_addr()
+    }
+
+    /// The admin listener's bound address, when `[admin]` is configured.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
     }
 
     /// Key management that also evicts this process's cache.

@@ -9,11 +9,13 @@
 //! * [`cache`] — the in-process L1 key cache
 //! * [`quota`] — periods and counters
 //! * [`store`] — the admin store (SQLite)
-//! * [`manage`] — key lifecycle shared by the CLI and the server
+//! * [`admin`] — the admin listener: REST API, OpenAPI, console, health
+//! * [`manage`] — key lifecycle shared by the CLI, the admin API and the server
 //! * [`config`] — TOML → validated settings (read only by `app` and `cli`)
 //! * [`app`] — wiring and the serve loop; [`cli`] — the command line
 //! * [`telemetry`] — logs; [`demo`] — the quickstart's echo upstream; [`clock`] — time
 
+pub mod admin;
 pub mod app;
 pub mod auth;
 pub mod cache;

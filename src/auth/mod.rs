@@ -64,14 +64,19 @@ pub struct Grant<'a> {
 /// Runs the pipeline.
 pub struct Decider {
     settings: Settings,
-    verifier: Verifier,
+    verifier: Arc<Verifier>,
     quota: Arc<Counters>,
     clock: SharedClock,
 }
 
 impl Decider {
     /// A decider over the given parts.
-    pub fn new(settings: Settings, verifier: Verifier, quota: Arc<Counters>, clock: SharedClock) -> Self {
+    pub fn new(
+        settings: Settings,
+        verifier: Arc<Verifier>,
+        quota: Arc<Counters>,
+        clock: SharedClock,
+    ) -> Self {
         Self {
             settings,
             verifier,

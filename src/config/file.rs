@@ -15,7 +15,7 @@ fn spanned<T>(value: T) -> Spanned<T> {
 pub struct File {
     /// The data plane.
     pub proxy: Proxy,
-    /// The admin/ops listener (accepted now; served by a later release).
+    /// The admin listener: REST API, console, OpenAPI, health. Absent = off.
     pub admin: Option<Admin>,
     /// The admin store.
     pub store: StoreTable,
@@ -81,8 +81,15 @@ impl Default for Proxy {
 /// `[admin]`
 #[derive(Debug, Deserialize)]
 pub struct Admin {
-    /// Address of the admin/ops listener.
+    /// Address of the admin listener.
     pub listen: Spanned<String>,
+    /// Failed authentications allowed per client IP per minute; 0 = unlimited. Default 10.
+    #[serde(default = "ten")]
+    pub max_failed_auth_per_minute: u32,
+}
+
+fn ten() -> u32 {
+    10
 }
 
 /// `[store]`

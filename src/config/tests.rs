@@ -30,7 +30,7 @@ fn the_example_config_loads() {
     assert_eq!(config.auth.routes.routes().len(), 4);
     assert_eq!(config.quota.limit, 1000);
     assert_eq!(config.proxy.listen.to_string(), "127.0.0.1:8080");
-    assert!(config.admin_listen.is_some());
+    assert_eq!(config.admin.expect("admin").listen.to_string(), "127.0.0.1:9091");
 }
 
 #[test]

@@ -32,7 +32,7 @@ pub struct Config {
     /// Redis, when configured.
     pub redis: Option<cache::redis::Settings>,
     /// Admin/ops listener address, when configured.
-    pub admin_listen: Option<SocketAddr>,
+    pub admin: Option<crate::admin::Settings>,
 }
 
 /// Where the admin store is and how often it is read and written.
@@ -246,7 +246,7 @@ fn build(file: &File, env: &dyn Env, check: &mut Check<'_>) -> Config {
     }
     let redis = redis(file, env, &cache, check);
 
-    let admin_listen = file.admin.as_ref().and_then(|a| {
+    let admin = file.admin.as_ref().and_then(|a| {
         let addr = parse_addr(a.listen.get_ref());
         if addr.is_none() {
             check.error(
@@ -257,7 +257,10 @@ fn build(file: &File, env: &dyn Env, check: &mut Check<'_>) -> Config {
                 ),
             );
         }
-        addr
+        addr.map(|listen| crate::admin::Settings {
+            listen,
+            max_failed_auth_per_minute: a.max_failed_auth_per_minute,
+        })
     });
 
     let routes = routes(&file.routes, &mut upstreams, check);
@@ -287,7 +290,7 @@ fn build(file: &File, env: &dyn Env, check: &mut Check<'_>) -> Config {
         cache,
         store,
         redis,
-        admin_listen,
+        admin,
     }
 }
 

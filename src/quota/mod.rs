@@ -66,6 +66,17 @@ pub struct Usage {
     pub reset_at: DateTime<Utc>,
 }
 
+/// A key's quota standing, read without charging.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Standing {
+    /// Units used in the period.
+    pub used: u64,
+    /// The period's limit.
+    pub limit: u64,
+    /// The period.
+    pub window: Window,
+}
+
 /// Why a charge was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -184,6 +195,31 @@ impl Counters {
                 Ok(usage(used))
             }
         }
+    }
+
+    /// A key's standing at `now` without charging: the shared count in Redis mode,
+    /// this process's count if it has one, else the stored count.
+    ///
+    /// # Errors
+    /// When the count has to come from the store and the store fails.
+    pub async fn standing(&self, key: &KeyRecord, now: DateTime<Utc>) -> Result<Standing, store::Error> {
+        let window = self.settings.period.window(key.created_at, now);
+        let limit = key.quota_limit.unwrap_or(self.settings.limit);
+        if let Some(redis) = &self.redis
+            && let Ok(Some(used)) = redis::peek(redis, key.id, window).await
+        {
+            return Ok(Standing { used, limit, window });
+        }
+        let local = self
+            .map
+            .get(&(key.id, window.start.timestamp()))
+            .filter(|c| c.loaded.load(Ordering::Acquire))
+            .map(|c| c.used.load(Ordering::Acquire));
+        let used = match local {
+            Some(used) => used,
+            None => self.store.usage(key.id, window.start.timestamp()).await?,
+        };
+        Ok(Standing { used, limit, window })
     }
 
     fn counter(&self, id: Uuid, window: Window) -> Arc<Counter> {

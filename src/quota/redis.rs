@@ -38,6 +38,21 @@ pub struct Charged {
     pub used: u64,
 }
 
+fn counter_key(redis: &Redis, key_id: Uuid, window: Window) -> String {
+    redis.key("quota", &format!("{key_id}:{}", window.start.timestamp()))
+}
+
+/// The shared count for `key_id` in `window`, if Redis has one.
+///
+/// # Errors
+/// When Redis fails or is marked down.
+pub async fn peek(redis: &Redis, key_id: Uuid, window: Window) -> Result<Option<u64>, Error> {
+    let key = counter_key(redis, key_id, window);
+    redis
+        .call(|mut c| async move { ::redis::AsyncCommands::get(&mut c, key).await })
+        .await
+}
+
 /// Charges `cost` against `limit` for `key_id` in `window`; a missing counter starts at `seed`.
 ///
 /// # Errors
@@ -50,7 +65,7 @@ pub async fn charge(
     limit: u64,
     seed: u64,
 ) -> Result<Charged, Error> {
-    let key = redis.key("quota", &format!("{key_id}:{}", window.start.timestamp()));
+    let key = counter_key(redis, key_id, window);
     // Counters outlive their period by a day so late reconciliation still finds them.
     let expire_at_ms = window.end.timestamp_millis() + 86_400_000;
     let (admitted, used): (u8, u64) = redis

@@ -255,6 +255,8 @@ pub struct Options {
     pub redis: Option<String>,
     /// `[quota] on_redis_error`.
     pub on_redis_error: &'static str,
+    /// Run the admin listener (on 127.0.0.1:0).
+    pub admin: bool,
 }
 
 impl Default for Options {
@@ -267,6 +269,7 @@ impl Default for Options {
             store_url: None,
             redis: None,
             on_redis_error: "local",
+            admin: true,
         }
     }
 }
@@ -377,6 +380,14 @@ impl TestApp {
         self.app.as_ref().expect("running")
     }
 
+    /// A URL on the admin listener.
+    pub fn admin_url(&self, path: &str) -> String {
+        format!(
+            "http://{}{path}",
+            self.app().admin_addr().expect("admin listener")
+        )
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
     }
@@ -436,6 +447,7 @@ url = "{store}"
 poll_interval = "50ms"
 flush_interval = "100ms"
 {redis}
+{admin}
 
 [quota]
 limit = 1000
@@ -454,6 +466,11 @@ on_redis_error = "{on_redis_error}"
             .unwrap_or_default(),
         extra = options.extra,
         on_redis_error = options.on_redis_error,
+        admin = if options.admin {
+            "[admin]\nlisten = \"127.0.0.1:0\"\n"
+        } else {
+            ""
+        },
         routes = ROUTES.replace("{HANG}", &hang.addr.to_string()),
     )
 }

@@ -1,0 +1,117 @@
+//! Admin authentication: a keygate key with the `admin` scope, checked through the
+//! same credential parsing and verifier as the data plane. Failed attempts are
+//! limited per client IP.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use axum::extract::{ConnectInfo, FromRequestParts};
+use axum::http::StatusCode;
+use axum::http::request::Parts;
+use dashmap::DashMap;
+
+use super::State;
+use super::error::ApiError;
+use crate::auth::{Denial, Rejection, credential};
+use crate::keys::KeyRecord;
+use crate::store::Actor;
+
+/// An authenticated admin: its key and the actor written to the audit log.
+pub struct Admin {
+    /// The admin key's record.
+    pub key: Arc<KeyRecord>,
+    /// Who is acting.
+    pub actor: Actor,
+}
+
+impl Admin {
+    /// The org this admin is confined to (`None`: a platform admin).
+    pub fn org(&self) -> Option<&str> {
+        self.key.org_id.as_deref()
+    }
+
+    /// Whether this admin may see and manage `record`.
+    pub fn may_manage(&self, record: &KeyRecord) -> bool {
+        self.org().is_none_or(|org| record.org_id.as_deref() == Some(org))
+    }
+}
+
+/// Failed authentication attempts per client IP in the current minute.
+#[derive(Debug, Default)]
+pub struct Failures {
+    per_ip: DashMap<IpAddr, (i64, u32)>,
+    limit: u32,
+}
+
+impl Failures {
+    /// At most `limit` failures per IP per minute (0 = unlimited).
+    pub fn new(limit: u32) -> Self {
+        Self {
+            per_ip: DashMap::new(),
+            limit,
+        }
+    }
+
+    fn minute(now_ms: i64) -> i64 {
+        now_ms / 60_000
+    }
+
+    /// Seconds until `ip` may try again, when it is blocked.
+    fn blocked(&self, ip: IpAddr, now_ms: i64) -> Option<u64> {
+        let (minute, count) = *self.per_ip.get(&ip)?;
+        (self.limit > 0 && minute == Self::minute(now_ms) && count >= self.limit)
+            .then(|| u64::try_from(60 - (now_ms / 1000) % 60).unwrap_or(60))
+    }
+
+    fn record(&self, ip: IpAddr, now_ms: i64) {
+        let minute = Self::minute(now_ms);
+        let mut entry = self.per_ip.entry(ip).or_insert((minute, 0));
+        if entry.0 != minute {
+            *entry = (minute, 0);
+        }
+        entry.1 += 1;
+        drop(entry);
+        if self.per_ip.len() > 100_000 {
+            self.per_ip.retain(|_, (m, _)| *m == minute);
+        }
+    }
+}
+
+impl FromRequestParts<State> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &State) -> Result<Self, ApiError> {
+        let ip = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map_or(IpAddr::from([0, 0, 0, 0]), |c| c.0.ip());
+        let now = state.clock.now();
+        let now_ms = now.timestamp_millis();
+        if let Some(retry_after) = state.failures.blocked(ip, now_ms) {
+            return Err(ApiError::too_many_failures(retry_after));
+        }
+        let fail = |e: ApiError| {
+            if matches!(e.status(), StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) {
+                state.failures.record(ip, now_ms);
+            }
+            e
+        };
+        let presented = credential::extract(&parts.headers, &state.credentials)
+            .map_err(|r| fail(ApiError::rejected(&r)))?;
+        let key = state
+            .verifier
+            .verify(&presented, now)
+            .await
+            .map_err(|d| match d {
+                Denial::Rejected(r) => fail(ApiError::rejected(&r)),
+                Denial::Unavailable(f) => ApiError::unavailable(&f),
+            })?;
+        if !key.has_scope("admin") {
+            return Err(fail(ApiError::rejected(&Rejection::InsufficientScope {
+                missing: vec!["admin".into()],
+            })));
+        }
+        let actor = Actor::admin_key(&key, Some(ip.to_string()));
+        Ok(Self { key, actor })
+    }
+}

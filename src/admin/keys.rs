@@ -1,0 +1,676 @@
+//! `/v1/keys` and `/v1/audit`: key management over HTTP. Every handler confines an
+//! org admin to its org (other orgs' keys are 404, never revealed) and goes through
+//! `manage`, which audit-logs and invalidates caches on every replica.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::State as AxumState;
+use axum::http::StatusCode;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Deserializer, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
+
+use super::State;
+use super::auth::Admin;
+use super::error::{ApiError, ApiJson, ApiPath, ApiQuery};
+use crate::keys::{KeyRecord, Owner, Restrictions, Status};
+use crate::manage::NewKey;
+use crate::store::{ListQuery, Patch};
+
+/// Limits a key carries beyond its scopes.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RestrictionsBody {
+    /// Only GET, HEAD and OPTIONS.
+    #[serde(default)]
+    pub read_only: bool,
+    /// Route names the key may use; empty = all.
+    #[serde(default)]
+    pub routes: Vec<String>,
+}
+
+impl From<RestrictionsBody> for Restrictions {
+    fn from(r: RestrictionsBody) -> Self {
+        Self {
+            read_only: r.read_only,
+            routes: r.routes,
+        }
+    }
+}
+
+/// A key as the API shows it (never the key itself).
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct KeyView {
+    /// Key id.
+    pub id: Uuid,
+    /// Human label.
+    pub name: String,
+    /// Display prefix, e.g. `kg_live_8f760b49`.
+    pub prefix: String,
+    /// Organisation, if bound to one.
+    pub org_id: Option<String>,
+    /// `user:<id>` or `org:<id>`.
+    pub owner: String,
+    /// Environment (`live`, `test`, ...).
+    pub environment: String,
+    /// Granted scopes.
+    pub scopes: Vec<String>,
+    /// Further limits.
+    pub restrictions: RestrictionsBody,
+    /// Quota per period, when it overrides the default.
+    pub quota: Option<u64>,
+    /// Free-form metadata.
+    #[schema(value_type = Object)]
+    pub metadata: serde_json::Value,
+    /// `active`, `paused`, `expired` or `revoked`.
+    pub status: String,
+    /// Who created it.
+    pub created_by: String,
+    /// When it was created.
+    pub created_at: DateTime<Utc>,
+    /// When it was last used (batched; up to a few seconds behind).
+    pub last_used_at: Option<DateTime<Utc>>,
+    /// When it expires.
+    pub expires_at: Option<DateTime<Utc>>,
+    /// When it was (or will be) revoked.
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+impl KeyView {
+    fn of(r: &KeyRecord, now: DateTime<Utc>) -> Self {
+        Self {
+            id: r.id,
+            name: r.name.clone(),
+            prefix: r.display_prefix.clone(),
+            org_id: r.org_id.clone(),
+            owner: r.owner.to_tag(),
+            environment: r.environment.clone(),
+            scopes: r.scopes.clone(),
+            restrictions: RestrictionsBody {
+                read_only: r.restrictions.read_only,
+                routes: r.restrictions.routes.clone(),
+            },
+            quota: r.quota_limit,
+            metadata: r.metadata.clone(),
+            status: r.status(now).as_str().to_owned(),
+            created_by: r.created_by.clone(),
+            created_at: r.created_at,
+            last_used_at: r.last_used_at,
+            expires_at: r.expires_at,
+            revoked_at: r.revoked_at,
+        }
+    }
+}
+
+/// A new key: shown exactly this once.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct KeyCreated {
+    /// The plaintext key. keygate stores only its SHA-256 hash; it is never shown again.
+    pub key: String,
+    /// The key's record.
+    #[serde(flatten)]
+    pub view: KeyView,
+    /// For a rotation: the key this one replaces, and when that one stops working.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replaces: Option<Replaced>,
+}
+
+/// The key a rotation replaced.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Replaced {
+    /// Its id.
+    pub id: Uuid,
+    /// When it stops (or stopped) working.
+    pub revoked_at: DateTime<Utc>,
+}
+
+/// `POST /v1/keys` body.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateKey {
+    /// Human label (1-200 characters).
+    pub name: String,
+    /// Organisation; an org admin's own org by default (and the only one allowed).
+    pub org: Option<String>,
+    /// `user:<id>` or `org:<id>`; default: the org, else the admin key's name.
+    pub owner: Option<String>,
+    /// Scopes; default `["read"]`.
+    pub scopes: Option<Vec<String>>,
+    /// Environment; default: the deployment's.
+    pub environment: Option<String>,
+    /// Expiry.
+    pub expires_at: Option<DateTime<Utc>>,
+    /// Quota per period instead of the default.
+    pub quota: Option<u64>,
+    /// Restrictions.
+    pub restrictions: Option<RestrictionsBody>,
+    /// A JSON object stored with the key.
+    #[schema(value_type = Option<Object>)]
+    pub metadata: Option<serde_json::Value>,
+}
+
+/// `PATCH /v1/keys/{id}` body: absent fields stay; `null` clears `quota`/`expires_at`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateKey {
+    /// New name.
+    pub name: Option<String>,
+    /// New scopes.
+    pub scopes: Option<Vec<String>>,
+    /// New quota; `null` = back to the default.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<u64>)]
+    pub quota: Option<Option<u64>>,
+    /// New expiry; `null` = never.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<DateTime<Utc>>)]
+    pub expires_at: Option<Option<DateTime<Utc>>>,
+    /// New restrictions.
+    pub restrictions: Option<RestrictionsBody>,
+    /// New metadata (a JSON object).
+    #[schema(value_type = Option<Object>)]
+    pub metadata: Option<serde_json::Value>,
+}
+
+/// Tells an absent field (`None`) from an explicit `null` (`Some(None)`).
+fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(d).map(Some)
+}
+
+/// `POST /v1/keys/{id}/rotate` body (optional).
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RotateKey {
+    /// Keep the old key working this many seconds; absent or 0 = revoke it now.
+    pub overlap_seconds: Option<u64>,
+}
+
+/// `GET /v1/keys` parameters.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ListParams {
+    /// 1-based page (default 1).
+    #[param(minimum = 1)]
+    pub page: Option<u32>,
+    /// Page size, 1-1000 (default 50).
+    #[param(minimum = 1, maximum = 1000)]
+    pub limit: Option<u32>,
+    /// Substring of name or prefix.
+    pub search: Option<String>,
+    /// Only keys of this org (an org admin sees only its own org anyway).
+    pub org: Option<String>,
+    /// `active`, `paused`, `expired` or `revoked`.
+    pub status: Option<String>,
+}
+
+/// One page of keys.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct KeyList {
+    /// Keys on this page, newest first.
+    pub items: Vec<KeyView>,
+    /// Keys matching, on all pages.
+    pub total: u64,
+    /// This page.
+    pub page: u32,
+    /// Page size.
+    pub limit: u32,
+}
+
+/// `GET /v1/audit` parameters.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct AuditParams {
+    /// 1-based page (default 1).
+    #[param(minimum = 1)]
+    pub page: Option<u32>,
+    /// Page size, 1-1000 (default 50).
+    #[param(minimum = 1, maximum = 1000)]
+    pub limit: Option<u32>,
+}
+
+/// One audit log entry.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AuditView {
+    /// Position in the log.
+    pub seq: i64,
+    /// When.
+    pub at: DateTime<Utc>,
+    /// Who: a CLI user, an admin key's name, or `system`.
+    pub actor: String,
+    /// The admin key that acted, for changes over this API.
+    pub actor_key_id: Option<Uuid>,
+    /// `create`, `update`, `pause`, `resume`, `revoke` or `rotate`.
+    pub action: String,
+    /// The key acted on.
+    pub target: Option<Uuid>,
+    /// That key's org.
+    pub org_id: Option<String>,
+    /// The client address, for changes over this API.
+    pub client_ip: Option<String>,
+    /// `admin_key`, `cli` or `system`.
+    pub auth_method: String,
+    /// Details.
+    #[schema(value_type = Object)]
+    pub detail: serde_json::Value,
+}
+
+/// One page of the audit log.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AuditList {
+    /// Entries, newest first.
+    pub items: Vec<AuditView>,
+    /// Entries matching, on all pages.
+    pub total: u64,
+    /// This page.
+    pub page: u32,
+    /// Page size.
+    pub limit: u32,
+}
+
+/// A key's quota standing.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UsageView {
+    /// The key.
+    pub key_id: Uuid,
+    /// Start of the current period.
+    pub period_start: DateTime<Utc>,
+    /// When the current period ends and the budget renews.
+    pub reset_at: DateTime<Utc>,
+    /// Units used in the current period.
+    pub used: u64,
+    /// The period's limit.
+    pub limit: u64,
+    /// Units left.
+    pub remaining: u64,
+    /// Stored usage of recent periods, newest first.
+    pub history: Vec<PeriodUsage>,
+}
+
+/// Usage of one past or current period.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PeriodUsage {
+    /// Start of the period.
+    pub period_start: DateTime<Utc>,
+    /// Units used.
+    pub used: u64,
+}
+
+/// The error body of every refusal.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// The error.
+    pub error: ErrorDetail,
+}
+
+/// What went wrong.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorDetail {
+    /// Stable snake_case code.
+    pub code: String,
+    /// A sentence for humans.
+    pub message: String,
+    /// The request's id.
+    pub request_id: String,
+}
+
+async fn load(state: &State, admin: &Admin, id: Uuid) -> Result<KeyRecord, ApiError> {
+    let record = state.keys.get(id).await?;
+    if admin.may_manage(&record) {
+        Ok(record)
+    } else {
+        Err(ApiError::not_found())
+    }
+}
+
+/// Create a key; the response holds the plaintext key, shown only this once.
+#[utoipa::path(post, path = "/v1/keys", tag = "keys", request_body = CreateKey,
+    responses(
+        (status = 201, description = "Created", body = KeyCreated),
+        (status = 400, description = "Invalid request", body = ErrorBody),
+        (status = 401, description = "Not authenticated", body = ErrorBody),
+        (status = 403, description = "Not allowed", body = ErrorBody),
+        (status = 429, description = "Too many failed attempts", body = ErrorBody),
+    ),
+    security(("admin_key" = [])))]
+pub async fn create(
+    AxumState(state): AxumState<State>,
+    admin: Admin,
+    ApiJson(body): ApiJson<CreateKey>,
+) -> Result<(StatusCode, Json<KeyCreated>), ApiError> {
+    let org = match (admin.org(), body.org) {
+        (Some(mine), Some(asked)) if asked != mine => {
+            return Err(ApiError::rejected(&crate::auth::Rejection::OrgMismatch));
+        }
+        (Some(mine), _) => Some(mine.to_owned()),
+        (None, asked) => asked,
+    };
+    let owner = match body.owner {
+        Some(tag) => {
+            Some(Owner::parse(&tag).ok_or_else(|| ApiError::invalid("owner must be user:<id> or org:<id>"))?)
+        }
+        None => None,
+    };
+    if body.metadata.as_ref().is_some_and(|m| !m.is_object()) {
+        return Err(ApiError::invalid("metadata must be a JSON object"));
+    }
+    let new = NewKey {
+        name: body.name,
+        org_id: org,
+        owner,
+        scopes: body.scopes.unwrap_or_else(|| vec!["read".into()]),
+        environment: body.environment,
+        expires_at: body.expires_at,
+        quota_limit: body.quota,
+        restrictions: body.restrictions.unwrap_or_default().into(),
+        metadata: body.metadata,
+    };
+    let (key, record) = state.keys.create(new, &admin.actor).await?;
+    let view = KeyView::of(&record, state.clock.now());
+    Ok((
+        StatusCode::CREATED,
+        Json(KeyCreated {
+            key: key.expose().to_owned(),
+            view,
+            replaces: None,
+        }),
+    ))
+}
+
+/// List keys, newest first (never the keys themselves).
+#[utoipa::path(get, path = "/v1/keys", tag = "keys", params(ListParams),
+    responses(
+        (status = 200, description = "A page of keys", body = KeyList),
+        (status = 400, description = "Invalid request", body = ErrorBody),
+        (status = 401, description = "Not authenticated", body = ErrorBody),
+        (status = 403, description = "Not allowed", body = ErrorBody),
+        (status = 429, description = "Too many failed attempts", body = ErrorBody),
+    ),
+    security(("admin_key" = [])))]
+pub async fn list(
+    AxumState(state): AxumState<State>,
+    admin: Admin,
+    ApiQuery(params): ApiQuery<ListParams>,
+) -> Result<Json<KeyList>, ApiError> {
+    let org = match (admin.org(), params.org) {
+        (Some(mine), Some(asked)) if asked != mine => {
+            return Err(ApiError::rejected(&crate::auth::Rejection::OrgMismatch));
+        }
+        (Some(mine), _) => Some(mine.to_owned()),
+        (None, asked) => asked,
+    };
+    let status = match params.status.as_deref() {
+        None | Some("") => None,
+        Some(s) => Some(
+            Status::parse(s)
+                .ok_or_else(|| ApiError::invalid("status must be active, paused, expired or revoked"))?,
+        ),
+    };
+    let query = ListQuery {
+        org,
+        search: params.search.filter(|s| !s.is_empty()),
+        status,
+        page: params.page.unwrap_or(1),
+        limit: params.limit.unwrap_or(50),
+    };
+    if query.page == 0 || !(1..=1000).contains(&query.limit) {
+        return Err(ApiError::invalid("page must be ≥ 1 and limit 1-1000"));
+    }
+    let page = state.keys.list(&query).await?;
+    let now = state.clock.now();
+    Ok(Json(KeyList {
+        items: page.items.iter().map(|r| KeyView::of(r, now)).collect(),
+        total: page.total,
+        page: page.page,
+        limit: page.limit,
+    }))
+}
+
+/// Show one key.
+#[utoipa::path(get, path = "/v1/keys/{id}", tag = "keys", params(("id" = Uuid, Path, description = "Key id")),
+    responses(
+        (status = 200, description = "The key", body = KeyView),
+        (status = 401, description = "Not authenticated", body = ErrorBody),
+        (status = 403, description = "Not allowed", body = ErrorBody),
+        (status = 404, description = "No such key (or another org's)", body = ErrorBody),
+        (status = 429, description = "Too many failed attempts", body = ErrorBody),
+    ),
+    security(("admin_key" = [])))]
+pub async fn show(
+    AxumState(state): AxumState<State>,
+    admin: Admin,
+    ApiPath(id): ApiPath<Uuid>,
+) -> Result<Json<KeyView>, ApiError> {
+    let record = load(&state, &admin, id).await?;
+    Ok(Json(KeyView::of(&record, state.clock.now())))
+}
+
+/// Change name, scopes, quota, expiry, restrictions or metadata.
+#[utoipa::path(patch, path = "/v1/keys/{id}", tag = "keys", params(("id" = Uuid, Path, description = "Key id")), request_body = UpdateKey,
+    responses(
+        (status = 200, description = "The updated key", body = KeyView),
+        (status = 400, description = "Invalid request", body = ErrorBody),
+        (status = 401, description = "Not authenticated", body = ErrorBody),
+        (status = 403, description = "Not allowed", body = ErrorBody),
+        (status = 404, description = "No such key (or another org's)", body = ErrorBody),
+        (status = 429, description = "Too many failed attempts", body = ErrorBody),
+    ),
+    security(("admin_key" = [])))]
+pub async fn update(
+    AxumState(state): AxumState<State>,
+    admin: Admin,
+    ApiPath(id): ApiPath<Uuid>,
+    ApiJson(body): ApiJson<UpdateKey>,
+) -> Result<Json<KeyView>, ApiError> {
+    load(&state, &admin, id).await?;
+    if body.metadata.as_ref().is_some_and(|m| !m.is_object()) {
+        return Err(ApiError::invalid("metadata must be a JSON object"));
+    }
+    if body
+        .name
+        .as_ref()
+        .is_some_and(|n| n.trim().is_empty() || n.len() > 200)
+    {
+        return Err(ApiError::invalid("name must be 1-200 characters"));
+    }
+    let patch = Patch {
+        name: body.name,
+        scopes: body.scopes,
+        restrictions: body.restrictions.map(Into::into),
+        quota_limit: body.quota,
+        expires_at: body.expires_at,
+        metadata: body.metadata,
+    };
+    let record = state.keys.update(id, &patch, &admin.actor).await?;
+    Ok(Json(KeyView::of(&record, state.clock.now())))
+}
+
+/// Pause a key (reversible).
+#[utoipa::path(post, path = "/v1/keys/{id}/pause", tag = "keys", params(("id" = Uuid, Path, description = "Key id")),
+    responses(
+        (status = 200, description = "The paused key", body = KeyView),
+        (status = 401, description = "Not authenticated", body = ErrorBody),
+        (status = 403, description = "Not allowed", body = ErrorBody),
+        (status = 404, description = "No such key (or another org's)", body = ErrorBody),
+        (status = 429, description = "Too many failed attempts", body = ErrorBody),
+    ),
+    security(("admin_key" = [])))]
+pub async fn pause(
+    AxumState(state): AxumState<State>,
+    admin: Admin,
+    ApiPath(id): ApiPath<Uuid>,
+) -> Result<Json<KeyView>, ApiError> {
+    load(&state, &admin, id).await?;
+    let record = state.keys.pause(id, &admin.actor).await?;
+    Ok(Json(KeyView::of(&record, state.clock.now())))
+}
+
+/// Resume a paused key.
+#[utoipa::path(post, path = "/v1/keys/{id}/resume", tag = "keys", params(("id" = Uuid, Path, description = "Key id")),
+    responses(
+        (status = 200, description = "The resumed key", body = KeyView),
+        (status = 401, description = "Not authenticated", body = ErrorBody),
+        (status = 403, description = "Not allowed", body = ErrorBody),
+        (status = 404, description = "No such key (or another org's)", body = ErrorBody),
+        (status = 429, description = "Too many failed attempts", body = ErrorBody),
+    ),
+    security(("admin_key" = [])))]
+pub async fn resume(
+    AxumState(state): AxumState<State>,
+    admin: Admin,
+    ApiPath(id): ApiPath<Uuid>,
+) -> Result<Json<KeyView>, ApiError> {
+    load(&state, &admin, id).await?;
+    let record = state.keys.resume(id, &admin.actor).await?;
+    Ok(Json(KeyView::of(&record, state.clock.now())))
+}
+
+/// Revoke a key at once. Irreversible; revoking a revoked key changes nothing and
+/// answers 200 with the original revocation time.
+#[utoipa::path(delete, path = "/v1/keys/{id}", tag = "keys", params(("id" = Uuid, Path, description = "Key id")),
+    responses(
+        (status = 200, description = "The revoked key", body = KeyView),
+        (status = 401, description = "Not authenticated", body = ErrorBody),
+        (status = 403, description = "Not allowed", body = ErrorBody),
+        (status = 404, description = "No such key (or another org's)", body = ErrorBody),
+        (status = 429, description = "Too many failed attempts", body = ErrorBody),
+    ),
+    security(("admin_key" = [])))]
+pub async fn revoke(
+    AxumState(state): AxumState<State>,
+    admin: Admin,
+    ApiPath(id): ApiPath<Uuid>,
+) -> Result<Json<KeyView>, ApiError> {
+    load(&state, &admin, id).await?;
+    let record = state.keys.revoke(id, &admin.actor).await?;
+    Ok(Json(KeyView::of(&record, state.clock.now())))
+}
+
+/// Issue a successor with the same attributes; the old key is revoked now, or after
+/// `overlap_seconds`. The response holds the new plaintext key, shown only this once.
+#[utoipa::path(post, path = "/v1/keys/{id}/rotate", tag = "keys", params(("id" = Uuid, Path, description = "Key id")),
+    request_body(content = Option<RotateKey>, description = "Optional; empty body = revoke the old key now"),
+    responses(
+        (status = 201, description = "The successor", body = KeyCreated),
+        (status = 400, description = "Invalid request (e.g. the key is revoked)", body = ErrorBody),
+        (status = 401, description = "Not authenticated", body = ErrorBody),
+        (status = 403, description = "Not allowed", body = ErrorBody),
+        (status = 404, description = "No such key (or another org's)", body = ErrorBody),
+        (status = 429, description = "Too many failed attempts", body = ErrorBody),
+    ),
+    security(("admin_key" = [])))]
+pub async fn rotate(
+    AxumState(state): AxumState<State>,
+    admin: Admin,
+    ApiPath(id): ApiPath<Uuid>,
+    body: Bytes,
+) -> Result<(StatusCode, Json<KeyCreated>), ApiError> {
+    let body: RotateKey = if body.iter().all(u8::is_ascii_whitespace) {
+        RotateKey::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| ApiError::invalid(format!("invalid JSON body: {e}")))?
+    };
+    load(&state, &admin, id).await?;
+    let overlap_secs = i64::try_from(body.overlap_seconds.unwrap_or(0))
+        .ok()
+        .filter(|s| *s <= 366 * 86_400)
+        .ok_or_else(|| ApiError::invalid("overlap_seconds must be at most one year"))?;
+    let (key, record) = state
+        .keys
+        .rotate(id, chrono::Duration::seconds(overlap_secs), &admin.actor)
+        .await?;
+    let old = state.keys.get(id).await?;
+    let now = state.clock.now();
+    let replaces = old.revoked_at.map(|revoked_at| Replaced { id, revoked_at });
+    Ok((
+        StatusCode::CREATED,
+        Json(KeyCreated {
+            key: key.expose().to_owned(),
+            view: KeyView::of(&record, now),
+            replaces,
+        }),
+    ))
+}
+
+/// A key's usage: this period's count, limit and reset time, and recent periods.
+#[utoipa::path(get, path = "/v1/keys/{id}/usage", tag = "keys", params(("id" = Uuid, Path, description = "Key id")),
+    responses(
+        (status = 200, description = "Usage", body = UsageView),
+        (status = 401, description = "Not authenticated", body = ErrorBody),
+        (status = 403, description = "Not allowed", body = ErrorBody),
+        (status = 404, description = "No such key (or another org's)", body = ErrorBody),
+        (status = 429, description = "Too many failed attempts", body = ErrorBody),
+    ),
+    security(("admin_key" = [])))]
+pub async fn usage(
+    AxumState(state): AxumState<State>,
+    admin: Admin,
+    ApiPath(id): ApiPath<Uuid>,
+) -> Result<Json<UsageView>, ApiError> {
+    let record = load(&state, &admin, id).await?;
+    let standing = state.counters.standing(&record, state.clock.now()).await?;
+    let history = state
+        .store
+        .usage_history(id, 12)
+        .await?
+        .into_iter()
+        .filter_map(|(start, used)| {
+            Some(PeriodUsage {
+                period_start: DateTime::from_timestamp(start, 0)?,
+                used,
+            })
+        })
+        .collect();
+    Ok(Json(UsageView {
+        key_id: id,
+        period_start: standing.window.start,
+        reset_at: standing.window.end,
+        used: standing.used,
+        limit: standing.limit,
+        remaining: standing.limit.saturating_sub(standing.used),
+        history,
+    }))
+}
+
+/// The audit log, newest first (an org admin sees its org's entries only).
+#[utoipa::path(get, path = "/v1/audit", tag = "audit", params(AuditParams),
+    responses(
+        (status = 200, description = "A page of audit entries", body = AuditList),
+        (status = 400, description = "Invalid request", body = ErrorBody),
+        (status = 401, description = "Not authenticated", body = ErrorBody),
+        (status = 403, description = "Not allowed", body = ErrorBody),
+        (status = 429, description = "Too many failed attempts", body = ErrorBody),
+    ),
+    security(("admin_key" = [])))]
+pub async fn audit(
+    AxumState(state): AxumState<State>,
+    admin: Admin,
+    ApiQuery(params): ApiQuery<AuditParams>,
+) -> Result<Json<AuditList>, ApiError> {
+    let (page, limit) = (params.page.unwrap_or(1), params.limit.unwrap_or(50));
+    if page == 0 || !(1..=1000).contains(&limit) {
+        return Err(ApiError::invalid("page must be ≥ 1 and limit 1-1000"));
+    }
+    let found = state.store.audit(admin.org(), page, limit).await?;
+    Ok(Json(AuditList {
+        items: found
+            .items
+            .into_iter()
+            .map(|e| AuditView {
+                seq: e.seq,
+                at: e.at,
+                actor: e.actor,
+                actor_key_id: e.actor_key_id,
+                action: e.action,
+                target: e.key_id,
+                org_id: e.org_id,
+                client_ip: e.client_ip,
+                auth_method: e.auth_method,
+                detail: e.detail,
+            })
+            .collect(),
+        total: found.total,
+        page: found.page,
+        limit: found.limit,
+    }))
+}
