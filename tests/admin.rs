@@ -395,3 +395,62 @@ async fn ops_endpoints_and_the_console_answer_without_a_key() {
     assert_eq!(ready["redis"], "not_configured");
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_works_against_a_remote_admin_api() {
+    let app = TestApp::start().await;
+    let admin = admin_key(&app, Some("acme")).await;
+    let base = app.admin_url("");
+    let cli = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_keygate"))
+            .arg("keys")
+            .args(args)
+            .args(["--admin-url", &base, "--config", "/nonexistent/keygate.toml"])
+            .env("KEYGATE_ADMIN_KEY", &admin)
+            .output()
+            .expect("run keygate")
+    };
+    let json = |args: &[&str]| -> Value {
+        let out = cli(args);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("one JSON document")
+    };
+    let created = json(&["create", "--name", "remote", "--scopes", "read", "--json"]);
+    let key = created["key"].as_str().expect("key").to_owned();
+    let id = created["id"].as_str().expect("id").to_owned();
+    assert_eq!(created["org_id"], "acme", "the org admin's org");
+    assert_eq!(app.get(ITEMS, &key).await.status(), 200);
+    let listed = json(&["list", "--search", "remote", "--json"]);
+    assert_eq!(listed["total"], 1);
+    let human = cli(&["list"]);
+    assert!(String::from_utf8_lossy(&human.stdout).contains("remote"));
+    assert_eq!(json(&["show", &id, "--json"])["status"], "active");
+    assert_eq!(
+        json(&["update", &id, "--read-only", "true", "--json"])["restrictions"]["read_only"],
+        true
+    );
+    assert_eq!(json(&["pause", &id, "--json"])["status"], "paused");
+    assert_eq!(code(app.get(ITEMS, &key).await).await, "key_paused");
+    assert_eq!(json(&["resume", &id, "--json"])["status"], "active");
+    let rotated = json(&["rotate", &id, "--json"]);
+    let new_key = rotated["key"].as_str().expect("new key").to_owned();
+    assert_eq!(code(app.get(ITEMS, &key).await).await, "key_revoked");
+    let new_id = rotated["id"].as_str().expect("id").to_owned();
+    assert_eq!(json(&["revoke", &new_id, "--json"])["status"], "revoked");
+    assert_eq!(code(app.get(ITEMS, &new_key).await).await, "key_revoked");
+    // Errors come back as the API's code and message; no admin key is a clear error.
+    let missing = cli(&["show", "00000000-0000-0000-0000-000000000000"]);
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("not_found"));
+    let no_key = std::process::Command::new(env!("CARGO_BIN_EXE_keygate"))
+        .args(["keys", "list", "--admin-url", &base])
+        .env_remove("KEYGATE_ADMIN_KEY")
+        .output()
+        .expect("run");
+    assert!(String::from_utf8_lossy(&no_key.stderr).contains("KEYGATE_ADMIN_KEY"));
+    app.stop().await;
+}

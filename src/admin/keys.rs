@@ -78,7 +78,8 @@ pub struct KeyView {
 }
 
 impl KeyView {
-    fn of(r: &KeyRecord, now: DateTime<Utc>) -> Self {
+    /// The view of `r` at `now`.
+    pub fn of(r: &KeyRecord, now: DateTime<Utc>) -> Self {
         Self {
             id: r.id,
             name: r.name.clone(),
