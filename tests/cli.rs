@@ -260,3 +260,78 @@ fn bad_cli_input_gets_a_clear_error() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read config file"));
 }
+
+#[test]
+fn explain_says_what_would_happen_and_why() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cli = Cli {
+        config: write_config(dir.path(), "127.0.0.1:9"),
+        logs: Arc::default(),
+    };
+    let created = cli.json(&[
+        "keys", "create", "--name", "e", "--org", "acme", "--scopes", "read", "--json",
+    ]);
+    let id = created["id"].as_str().expect("id").to_owned();
+    let key = created["key"].as_str().expect("key").to_owned();
+    let explain = |args: &[&str], stdin: Option<&str>| {
+        use std::io::Write as _;
+        let mut child = Command::new(BIN)
+            .arg("explain")
+            .args(args)
+            .arg("--config")
+            .arg(&cli.config)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run explain");
+        if let Some(input) = stdin {
+            child
+                .stdin
+                .take()
+                .expect("stdin")
+                .write_all(input.as_bytes())
+                .expect("write");
+        }
+        drop(child.stdin.take());
+        let out = child.wait_with_output().expect("wait");
+        let report: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        (out.status.code(), report)
+    };
+    let (code, allowed) = explain(&["--key-id", &id, "GET", "/v1/orgs/acme/items/1", "--json"], None);
+    assert_eq!(code, Some(0), "{allowed}");
+    assert_eq!(allowed["decision"], "allow");
+    assert_eq!(allowed["route"]["name"], "read-items");
+    for (path, expected) in [
+        ("/v1/orgs/beta/items/1", "org_mismatch"),
+        ("/nothing", "route_not_found"),
+        ("/v1/orgs/acme/../x", "invalid_path"),
+    ] {
+        let (code, report) = explain(&["--key-id", &id, "GET", path, "--json"], None);
+        assert_eq!(code, Some(1), "{path}: {report}");
+        assert_eq!(report["code"], expected, "{path}");
+    }
+    let (code, report) = explain(
+        &["--key-stdin", "GET", "/v1/orgs/acme/items/1", "--json"],
+        Some(&key),
+    );
+    assert_eq!((code, report["decision"].as_str()), (Some(0), Some("allow")));
+    let typo = format!("{}0", &key[..key.len() - 1]);
+    let (code, report) = explain(
+        &["--key-stdin", "GET", "/v1/orgs/acme/items/1", "--json"],
+        Some(&typo),
+    );
+    assert_eq!(
+        (code, report["code"].as_str()),
+        (Some(1), Some("malformed_api_key"))
+    );
+    assert!(
+        !report.to_string().contains(&key[16..]),
+        "explain printed key material"
+    );
+    cli.json(&["keys", "revoke", &id, "--json"]);
+    let (code, report) = explain(&["--key-id", &id, "GET", "/v1/orgs/acme/items/1", "--json"], None);
+    assert_eq!((code, report["code"].as_str()), (Some(1), Some("key_revoked")));
+    let (code, _) = explain(&["GET"], None);
+    assert_eq!(code, Some(2), "usage error");
+}

@@ -1,6 +1,7 @@
 //! The command line: each subcommand parses its flags and calls one library function.
 //! `keys` commands live in [`keys`]; [`remote`] is their admin-API client.
 
+mod explain;
 mod keys;
 mod remote;
 
@@ -54,6 +55,9 @@ enum Command {
     /// Manage keys: directly in the store named by the config, or through a running
     /// admin API with --admin-url (admin key from KEYGATE_ADMIN_KEY).
     Keys(Box<keys::KeysArgs>),
+    /// Explain what keygate would decide for a request, and why, without sending it.
+    /// Exit 0: allowed; 1: refused; 2: usage or config error.
+    Explain(explain::ExplainArgs),
 }
 
 /// Runs the parsed command line; errors go to stderr.
@@ -89,6 +93,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::CheckConfig { file } => Ok(check_config(file.as_deref().unwrap_or(&cli.config))),
         Command::Keys(args) => keys::run(*args, &cli.config, clock).await,
+        Command::Explain(args) => Ok(explain::run(args, &cli.config, clock).await),
     }
 }
 
