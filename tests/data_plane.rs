@@ -744,3 +744,59 @@ async fn oversized_request_heads_get_431(backend: Backend) {
     assert_eq!(app.echo.hits(), 1);
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_drains_requests_in_flight_and_keeps_their_counts() {
+    let app = TestApp::start().await;
+    let (key, record) = app.acme_key(&["read"]).await;
+    let mut in_flight = Vec::new();
+    for _ in 0..10 {
+        let (client, url, key) = (reqwest::Client::new(), app.url("/v1/slow"), key.clone());
+        in_flight.push(tokio::spawn(async move {
+            client
+                .get(url)
+                .bearer_auth(key)
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+        }));
+    }
+    // Let them reach the upstream, then shut down while they wait for it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    while app.echo.hits() < 10 {
+        assert!(std::time::Instant::now() < deadline, "requests did not arrive");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    let addr = app.addr;
+    // Shut down gracefully (and start again on the same store, to read it).
+    let app = app.restart().await;
+    for t in in_flight {
+        assert_eq!(
+            t.await.expect("task").expect("response"),
+            200,
+            "an in-flight request was cut"
+        );
+    }
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "still accepting after shutdown"
+    );
+    // The drained requests were counted and flushed at shutdown.
+    let store = app.app().keys().store().clone();
+    let now = chrono::Utc::now();
+    let start = chrono::TimeZone::with_ymd_and_hms(
+        &chrono::Utc,
+        chrono::Datelike::year(&now),
+        chrono::Datelike::month(&now),
+        1,
+        0,
+        0,
+        0,
+    )
+    .single()
+    .expect("month start");
+    assert_eq!(
+        store.usage(record.id, start.timestamp()).await.expect("usage"),
+        10
+    );
+}

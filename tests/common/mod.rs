@@ -51,9 +51,14 @@ impl Echo {
                 accepted.fetch_add(1, Ordering::SeqCst);
                 let counter = Arc::clone(&counter);
                 tokio::spawn(async move {
-                    let service = service_fn(move |req| {
+                    let service = service_fn(move |req: Request<Incoming>| {
                         counter.fetch_add(1, Ordering::SeqCst);
-                        async move { Ok::<_, Infallible>(echo(req)) }
+                        async move {
+                            if req.uri().path() == "/v1/slow" {
+                                tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+                            }
+                            Ok::<_, Infallible>(echo(req))
+                        }
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), service)
@@ -205,6 +210,11 @@ name = "down"
 path = "/v1/down"
 scopes = ["read"]
 upstream = "http://127.0.0.1:9"
+
+[[route]]
+name = "slow"
+path = "/v1/slow"
+scopes = ["read"]
 
 [[route]]
 name = "health"
