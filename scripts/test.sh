@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite: unit tests, integration tests against real loopback
-# upstreams, SQLite, PostgreSQL and Redis, and the binary end to end.
+# upstreams, SQLite, PostgreSQL and Redis, the binary end to end, the console in
+# headless Chromium, and schemathesis against the admin API's OpenAPI document.
 #
 # It makes the services available first, on a fresh Debian machine too:
 # - Redis: the tests start their own redis-server on free ports; only the binary is
@@ -62,3 +63,7 @@ fi
 
 cargo test --all-targets "$@"
 cargo test --doc "$@"
+# The console in a real headless Chromium, and the admin API against its own
+# OpenAPI document (schemathesis). Each installs what it needs.
+scripts/browser-test.sh
+scripts/api-schema-test.sh

@@ -157,6 +157,12 @@ impl Keys {
         if let Some(scopes) = &patch.scopes {
             validate_scopes(scopes)?;
         }
+        if let Some(name) = &patch.name {
+            validate_name(name)?;
+        }
+        if let Some(metadata) = &patch.metadata {
+            validate_metadata(metadata)?;
+        }
         let record = self.store.update(id, patch, actor).await?;
         self.evicted(id, record).await
     }
@@ -244,15 +250,48 @@ impl Keys {
 }
 
 fn validate_new(new: &NewKey) -> Result<(), Error> {
-    if new.name.trim().is_empty() || new.name.len() > 200 {
-        return Err(Error::Invalid("a key needs a name of 1-200 characters".into()));
-    }
+    validate_name(&new.name)?;
     if let Some(org) = &new.org_id
-        && (org.is_empty() || org.len() > 200 || org.contains('/'))
+        && (org.is_empty() || org.chars().count() > 200 || org.contains(['/', '\0']))
     {
         return Err(Error::Invalid("org ids are 1-200 characters without `/`".into()));
     }
+    if let Some(metadata) = &new.metadata {
+        validate_metadata(metadata)?;
+    }
     validate_scopes(&new.scopes)
+}
+
+fn validate_name(name: &str) -> Result<(), Error> {
+    if name.trim().is_empty() || name.chars().count() > 200 || name.contains('\0') {
+        return Err(Error::Invalid("a key needs a name of 1-200 characters".into()));
+    }
+    Ok(())
+}
+
+/// Metadata must be a JSON object that every store keeps and gives back unchanged:
+/// at most 16 KiB, no NUL characters, numbers within ±2^53 (exact in every JSON
+/// implementation, and within PostgreSQL's `jsonb` range).
+fn validate_metadata(metadata: &serde_json::Value) -> Result<(), Error> {
+    fn storable(v: &serde_json::Value) -> bool {
+        const SAFE: f64 = 9_007_199_254_740_992.0;
+        match v {
+            serde_json::Value::String(s) => !s.contains('\0'),
+            serde_json::Value::Number(n) => n.as_f64().is_some_and(|f| f.is_finite() && f.abs() <= SAFE),
+            serde_json::Value::Array(a) => a.iter().all(storable),
+            serde_json::Value::Object(o) => o.iter().all(|(k, v)| !k.contains('\0') && storable(v)),
+            serde_json::Value::Null | serde_json::Value::Bool(_) => true,
+        }
+    }
+    if !metadata.is_object() {
+        return Err(Error::Invalid("metadata must be a JSON object".into()));
+    }
+    if metadata.to_string().len() > 16 * 1024 || !storable(metadata) {
+        return Err(Error::Invalid(
+            "metadata must be at most 16 KiB, without NUL characters, with numbers within ±2^53".into(),
+        ));
+    }
+    Ok(())
 }
 
 fn validate_scopes(scopes: &[String]) -> Result<(), Error> {
@@ -261,5 +300,32 @@ fn validate_scopes(scopes: &[String]) -> Result<(), Error> {
             "scope `{bad}` must be 1-64 characters of a-z, 0-9, `_`, `-`, `.`, `:`"
         ))),
         None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metadata_must_survive_every_store() {
+        assert!(validate_metadata(&serde_json::json!({"team": "data", "n": 42, "tags": ["a"]})).is_ok());
+        for bad in [
+            serde_json::json!([1]),
+            serde_json::json!({"big": 1.7976931348623157e308}),
+            serde_json::json!({"nul": "a\0b"}),
+            serde_json::json!({"a\0": 1}),
+            serde_json::json!({"long": "x".repeat(17 * 1024)}),
+        ] {
+            assert!(validate_metadata(&bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn names_count_characters_not_bytes() {
+        assert!(validate_name(&"€".repeat(200)).is_ok());
+        assert!(validate_name(&"€".repeat(201)).is_err());
+        assert!(validate_name("  ").is_err());
+        assert!(validate_name("a\0b").is_err());
     }
 }

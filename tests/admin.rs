@@ -62,7 +62,7 @@ async fn every_endpoint_works_and_every_mutation_is_audited(backend: Backend) {
     };
 
     let (status, created) = admin
-        .post("/v1/keys", json!({"name": "ci", "org": "acme", "scopes": ["read", "write"], "quota": 100, "metadata": {"team": "data"}}))
+        .post("/v1/keys", json!({"name": "ci-job", "org": "acme", "scopes": ["read", "write"], "quota": 100, "metadata": {"team": "data"}}))
         .await;
     assert_eq!(status, StatusCode::CREATED, "{created}");
     let key = created["key"].as_str().expect("key once").to_owned();
@@ -76,7 +76,7 @@ async fn every_endpoint_works_and_every_mutation_is_audited(backend: Backend) {
         "the new key works on the proxy"
     );
 
-    let (status, list) = admin.get("/v1/keys?search=ci&limit=10").await;
+    let (status, list) = admin.get("/v1/keys?search=ci-job&limit=10").await;
     assert_eq!(status, 200);
     assert_eq!(list["total"], 1);
     assert_eq!(list["items"][0]["id"], id.as_str());

@@ -105,7 +105,7 @@ async fn the_binary_serves_manages_keys_and_never_logs_a_key(backend: Backend) {
         "keys",
         "create",
         "--name",
-        "ci",
+        "ci-deploy",
         "--org",
         "acme",
         "--scopes",
@@ -133,7 +133,7 @@ async fn the_binary_serves_manages_keys_and_never_logs_a_key(backend: Backend) {
     let (mut server, addr) = serve(&cli.config, Arc::clone(&logs));
     let client = reqwest::Client::new();
     let url = format!("http://{addr}/v1/orgs/acme/items/1");
-    let typo = format!("{}0", &key[..key.len() - 1]);
+    let typo = typo_of(&key);
     let mut statuses = Vec::new();
     for k in [&key, &other_key, &test_key, &typo] {
         let resp = client.get(&url).bearer_auth(k).send().await.expect("request");
@@ -151,7 +151,7 @@ async fn the_binary_serves_manages_keys_and_never_logs_a_key(backend: Backend) {
             "`{expected}` missing from:\n{list_text}"
         );
     }
-    let listed = cli.json(&["keys", "list", "--search", "ci", "--json"]);
+    let listed = cli.json(&["keys", "list", "--search", "ci-deploy", "--json"]);
     assert_eq!(listed["total"], 1);
     assert_eq!(listed["items"][0]["id"], id.as_str());
     let shown = cli.run(&["keys", "show", &id]);
@@ -316,7 +316,7 @@ fn explain_says_what_would_happen_and_why() {
         Some(&key),
     );
     assert_eq!((code, report["decision"].as_str()), (Some(0), Some("allow")));
-    let typo = format!("{}0", &key[..key.len() - 1]);
+    let typo = typo_of(&key);
     let (code, report) = explain(
         &["--key-stdin", "GET", "/v1/orgs/acme/items/1", "--json"],
         Some(&typo),
@@ -334,4 +334,10 @@ fn explain_says_what_would_happen_and_why() {
     assert_eq!((code, report["code"].as_str()), (Some(1), Some("key_revoked")));
     let (code, _) = explain(&["GET"], None);
     assert_eq!(code, Some(2), "usage error");
+}
+
+/// The key with its last character changed (so its checksum no longer matches).
+fn typo_of(key: &str) -> String {
+    let last = if key.ends_with('0') { '1' } else { '0' };
+    format!("{}{last}", &key[..key.len() - 1])
 }

@@ -113,7 +113,12 @@ async fn every_refusal_has_its_status_code_and_json_and_reaches_no_upstream(back
         .await;
     let format = Format::new("kg", "live").expect("format");
     let unknown = ApiKey::generate(&format, "live").expect("random");
-    let typo = format!("{}x", &read[..read.len() - 1]);
+    // The last character changed, so the checksum no longer matches.
+    let typo = format!(
+        "{}{}",
+        &read[..read.len() - 1],
+        if read.ends_with('x') { 'y' } else { 'x' }
+    );
     let jwt = "eyJhbGciOiJSUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.c2lnbmF0dXJl".to_owned();
     let items = "/v1/orgs/acme/items/1";
 

@@ -18,6 +18,95 @@ use crate::keys::{KeyRecord, Owner, Restrictions, Status};
 use crate::manage::NewKey;
 use crate::store::{ListQuery, Patch};
 
+// The schema spells out what the server accepts (patterns are ECMA-262 regexes):
+// a name holds a character that is not white space (as `char::is_whitespace`
+// has it); an owner is `user:<id>` or `org:<id>` (`Owner::parse`); an environment
+// is `keys::format::is_valid_name` without underscores; an org id has no `/`.
+
+/// A scope, as `crate::keys::is_valid_scope` has it.
+const SCOPE_PATTERN: &str = r"^[a-z0-9_.:-]{1,64}$";
+/// The longest rotation overlap: 366 days.
+const MAX_OVERLAP_SECONDS: u64 = 366 * 86_400;
+
+/// A list of scopes, each matching [`SCOPE_PATTERN`].
+fn scopes_schema(nullable: bool, description: &str) -> utoipa::openapi::schema::Array {
+    use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, SchemaType, Type};
+    let item = ObjectBuilder::new()
+        .schema_type(Type::String)
+        .min_length(Some(1))
+        .max_length(Some(64))
+        .pattern(Some(SCOPE_PATTERN));
+    let ty = if nullable {
+        SchemaType::from_iter([Type::Array, Type::Null])
+    } else {
+        SchemaType::new(Type::Array)
+    };
+    ArrayBuilder::new()
+        .schema_type(ty)
+        .items(item)
+        .description(Some(description))
+        .build()
+}
+
+fn optional_scopes_schema() -> utoipa::openapi::schema::Array {
+    scopes_schema(
+        true,
+        "Scopes, each 1-64 characters of `a-z`, `0-9`, `_`, `-`, `.`, `:`; default on create `[\"read\"]`.",
+    )
+}
+
+fn scopes_list_schema() -> utoipa::openapi::schema::Array {
+    scopes_schema(false, "Granted scopes.")
+}
+
+/// The `status` filter of `GET /v1/keys`: a status, or empty for any.
+fn status_filter_schema() -> utoipa::openapi::schema::Object {
+    use utoipa::openapi::schema::{ObjectBuilder, Type};
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .enum_values(Some(["", "active", "paused", "expired", "revoked"]))
+        .description(Some("`active`, `paused`, `expired` or `revoked`; empty = any."))
+        .build()
+}
+
+/// A key's status, as shown.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum KeyStatus {
+    /// Usable.
+    Active,
+    /// Paused; `resume` makes it usable again.
+    Paused,
+    /// Past its `expires_at`.
+    Expired,
+    /// Revoked (irreversible).
+    Revoked,
+}
+
+/// A non-negative JSON integer that fits an `i64`. JSON Schema counts `165.0` as
+/// an integer too, so an integral float is taken as well (`1e3` = 1000).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Count(pub u64);
+
+impl<'de> Deserialize<'de> for Count {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        /// 2^63, exactly: the first float past `i64::MAX`.
+        const LIMIT: f64 = 9_223_372_036_854_775_808.0;
+        let n = serde_json::Number::deserialize(d)?;
+        let value = match n.as_u64() {
+            Some(u) => i64::try_from(u).is_ok().then_some(u),
+            None => n
+                .as_f64()
+                .filter(|f| f.fract() == 0.0 && (0.0..LIMIT).contains(f))
+                // Checked just above: integral and in range.
+                .map(|f| f as u64),
+        };
+        value.map(Self).ok_or_else(|| {
+            serde::de::Error::custom(format!("`{n}` is not an integer from 0 to {}", i64::MAX))
+        })
+    }
+}
+
 /// Limits a key carries beyond its scopes.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -55,6 +144,7 @@ pub struct KeyView {
     /// Environment (`live`, `test`, ...).
     pub environment: String,
     /// Granted scopes.
+    #[schema(schema_with = scopes_list_schema)]
     pub scopes: Vec<String>,
     /// Further limits.
     pub restrictions: RestrictionsBody,
@@ -64,6 +154,7 @@ pub struct KeyView {
     #[schema(value_type = Object)]
     pub metadata: serde_json::Value,
     /// `active`, `paused`, `expired` or `revoked`.
+    #[schema(value_type = KeyStatus)]
     pub status: String,
     /// Who created it.
     pub created_by: String,
@@ -130,20 +221,31 @@ pub struct Replaced {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateKey {
-    /// Human label (1-200 characters).
+    /// Human label (1-200 characters, not only white space).
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"[^\t\n\u000B\f\r \u0085\u00A0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000]"
+    )]
     pub name: String,
-    /// Organisation; an org admin's own org by default (and the only one allowed).
+    /// Organisation (1-200 characters, no `/`); an org admin's own org by default
+    /// (and the only one allowed).
+    #[schema(min_length = 1, max_length = 200, pattern = r"^[^/]*$")]
     pub org: Option<String>,
     /// `user:<id>` or `org:<id>`; default: the org, else the admin key's name.
+    #[schema(pattern = r"^(user|org):[\s\S]")]
     pub owner: Option<String>,
-    /// Scopes; default `["read"]`.
+    /// Scopes (each 1-64 characters of `a-z`, `0-9`, `_`, `-`, `.`, `:`); default `["read"]`.
+    #[schema(schema_with = optional_scopes_schema)]
     pub scopes: Option<Vec<String>>,
-    /// Environment; default: the deployment's.
+    /// Environment (1-32 characters of `a-z` and `0-9`); default: the deployment's.
+    #[schema(pattern = r"^[a-z0-9]{1,32}$")]
     pub environment: Option<String>,
     /// Expiry.
     pub expires_at: Option<DateTime<Utc>>,
     /// Quota per period instead of the default.
-    pub quota: Option<u64>,
+    #[schema(value_type = Option<i64>, minimum = 0)]
+    pub quota: Option<Count>,
     /// Restrictions.
     pub restrictions: Option<RestrictionsBody>,
     /// A JSON object stored with the key.
@@ -155,14 +257,20 @@ pub struct CreateKey {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateKey {
-    /// New name.
+    /// New name (1-200 characters, not only white space).
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"[^\t\n\u000B\f\r \u0085\u00A0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000]"
+    )]
     pub name: Option<String>,
     /// New scopes.
+    #[schema(schema_with = optional_scopes_schema)]
     pub scopes: Option<Vec<String>>,
     /// New quota; `null` = back to the default.
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<u64>)]
-    pub quota: Option<Option<u64>>,
+    #[schema(value_type = Option<i64>, minimum = 0)]
+    pub quota: Option<Option<Count>>,
     /// New expiry; `null` = never.
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<DateTime<Utc>>)]
@@ -183,8 +291,10 @@ fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Optio
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RotateKey {
-    /// Keep the old key working this many seconds; absent or 0 = revoke it now.
-    pub overlap_seconds: Option<u64>,
+    /// Keep the old key working this many seconds (at most 366 days); absent or 0 =
+    /// revoke it now.
+    #[schema(value_type = Option<i64>, minimum = 0, maximum = 31_622_400)]
+    pub overlap_seconds: Option<Count>,
 }
 
 /// `GET /v1/keys` parameters.
@@ -192,7 +302,7 @@ pub struct RotateKey {
 #[into_params(parameter_in = Query)]
 pub struct ListParams {
     /// 1-based page (default 1).
-    #[param(minimum = 1)]
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 4_294_967_295_u64)]
     pub page: Option<u32>,
     /// Page size, 1-1000 (default 50).
     #[param(minimum = 1, maximum = 1000)]
@@ -201,7 +311,8 @@ pub struct ListParams {
     pub search: Option<String>,
     /// Only keys of this org (an org admin sees only its own org anyway).
     pub org: Option<String>,
-    /// `active`, `paused`, `expired` or `revoked`.
+    /// `active`, `paused`, `expired` or `revoked`; empty = any.
+    #[param(schema_with = status_filter_schema, required = false)]
     pub status: Option<String>,
 }
 
@@ -213,8 +324,10 @@ pub struct KeyList {
     /// Keys matching, on all pages.
     pub total: u64,
     /// This page.
+    #[schema(value_type = i64, minimum = 1, maximum = 4_294_967_295_u64)]
     pub page: u32,
     /// Page size.
+    #[schema(minimum = 1, maximum = 1000)]
     pub limit: u32,
 }
 
@@ -223,7 +336,7 @@ pub struct KeyList {
 #[into_params(parameter_in = Query)]
 pub struct AuditParams {
     /// 1-based page (default 1).
-    #[param(minimum = 1)]
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 4_294_967_295_u64)]
     pub page: Option<u32>,
     /// Page size, 1-1000 (default 50).
     #[param(minimum = 1, maximum = 1000)]
@@ -264,8 +377,10 @@ pub struct AuditList {
     /// Entries matching, on all pages.
     pub total: u64,
     /// This page.
+    #[schema(value_type = i64, minimum = 1, maximum = 4_294_967_295_u64)]
     pub page: u32,
     /// Page size.
+    #[schema(minimum = 1, maximum = 1000)]
     pub limit: u32,
 }
 
@@ -332,6 +447,7 @@ async fn load(state: &State, admin: &Admin, id: Uuid) -> Result<KeyRecord, ApiEr
         (status = 401, description = "Not authenticated", body = ErrorBody),
         (status = 403, description = "Not allowed", body = ErrorBody),
         (status = 429, description = "Too many failed attempts", body = ErrorBody),
+        (status = 503, description = "The store is unavailable; retry shortly", body = ErrorBody),
     ),
     security(("admin_key" = [])))]
 pub async fn create(
@@ -362,7 +478,7 @@ pub async fn create(
         scopes: body.scopes.unwrap_or_else(|| vec!["read".into()]),
         environment: body.environment,
         expires_at: body.expires_at,
-        quota_limit: body.quota,
+        quota_limit: body.quota.map(|c| c.0),
         restrictions: body.restrictions.unwrap_or_default().into(),
         metadata: body.metadata,
     };
@@ -386,6 +502,7 @@ pub async fn create(
         (status = 401, description = "Not authenticated", body = ErrorBody),
         (status = 403, description = "Not allowed", body = ErrorBody),
         (status = 429, description = "Too many failed attempts", body = ErrorBody),
+        (status = 503, description = "The store is unavailable; retry shortly", body = ErrorBody),
     ),
     security(("admin_key" = [])))]
 pub async fn list(
@@ -431,10 +548,12 @@ pub async fn list(
 #[utoipa::path(get, path = "/v1/keys/{id}", tag = "keys", params(("id" = Uuid, Path, description = "Key id")),
     responses(
         (status = 200, description = "The key", body = KeyView),
+        (status = 400, description = "Invalid request (e.g. more than one credential)", body = ErrorBody),
         (status = 401, description = "Not authenticated", body = ErrorBody),
         (status = 403, description = "Not allowed", body = ErrorBody),
         (status = 404, description = "No such key (or another org's)", body = ErrorBody),
         (status = 429, description = "Too many failed attempts", body = ErrorBody),
+        (status = 503, description = "The store is unavailable; retry shortly", body = ErrorBody),
     ),
     security(("admin_key" = [])))]
 pub async fn show(
@@ -455,6 +574,7 @@ pub async fn show(
         (status = 403, description = "Not allowed", body = ErrorBody),
         (status = 404, description = "No such key (or another org's)", body = ErrorBody),
         (status = 429, description = "Too many failed attempts", body = ErrorBody),
+        (status = 503, description = "The store is unavailable; retry shortly", body = ErrorBody),
     ),
     security(("admin_key" = [])))]
 pub async fn update(
@@ -470,7 +590,7 @@ pub async fn update(
     if body
         .name
         .as_ref()
-        .is_some_and(|n| n.trim().is_empty() || n.len() > 200)
+        .is_some_and(|n| n.trim().is_empty() || n.chars().count() > 200)
     {
         return Err(ApiError::invalid("name must be 1-200 characters"));
     }
@@ -478,7 +598,7 @@ pub async fn update(
         name: body.name,
         scopes: body.scopes,
         restrictions: body.restrictions.map(Into::into),
-        quota_limit: body.quota,
+        quota_limit: body.quota.map(|q| q.map(|c| c.0)),
         expires_at: body.expires_at,
         metadata: body.metadata,
     };
@@ -490,10 +610,12 @@ pub async fn update(
 #[utoipa::path(post, path = "/v1/keys/{id}/pause", tag = "keys", params(("id" = Uuid, Path, description = "Key id")),
     responses(
         (status = 200, description = "The paused key", body = KeyView),
+        (status = 400, description = "Invalid request (e.g. more than one credential)", body = ErrorBody),
         (status = 401, description = "Not authenticated", body = ErrorBody),
         (status = 403, description = "Not allowed", body = ErrorBody),
         (status = 404, description = "No such key (or another org's)", body = ErrorBody),
         (status = 429, description = "Too many failed attempts", body = ErrorBody),
+        (status = 503, description = "The store is unavailable; retry shortly", body = ErrorBody),
     ),
     security(("admin_key" = [])))]
 pub async fn pause(
@@ -510,10 +632,12 @@ pub async fn pause(
 #[utoipa::path(post, path = "/v1/keys/{id}/resume", tag = "keys", params(("id" = Uuid, Path, description = "Key id")),
     responses(
         (status = 200, description = "The resumed key", body = KeyView),
+        (status = 400, description = "Invalid request (e.g. more than one credential)", body = ErrorBody),
         (status = 401, description = "Not authenticated", body = ErrorBody),
         (status = 403, description = "Not allowed", body = ErrorBody),
         (status = 404, description = "No such key (or another org's)", body = ErrorBody),
         (status = 429, description = "Too many failed attempts", body = ErrorBody),
+        (status = 503, description = "The store is unavailable; retry shortly", body = ErrorBody),
     ),
     security(("admin_key" = [])))]
 pub async fn resume(
@@ -531,10 +655,12 @@ pub async fn resume(
 #[utoipa::path(delete, path = "/v1/keys/{id}", tag = "keys", params(("id" = Uuid, Path, description = "Key id")),
     responses(
         (status = 200, description = "The revoked key", body = KeyView),
+        (status = 400, description = "Invalid request (e.g. more than one credential)", body = ErrorBody),
         (status = 401, description = "Not authenticated", body = ErrorBody),
         (status = 403, description = "Not allowed", body = ErrorBody),
         (status = 404, description = "No such key (or another org's)", body = ErrorBody),
         (status = 429, description = "Too many failed attempts", body = ErrorBody),
+        (status = 503, description = "The store is unavailable; retry shortly", body = ErrorBody),
     ),
     security(("admin_key" = [])))]
 pub async fn revoke(
@@ -550,14 +676,18 @@ pub async fn revoke(
 /// Issue a successor with the same attributes; the old key is revoked now, or after
 /// `overlap_seconds`. The response holds the new plaintext key, shown only this once.
 #[utoipa::path(post, path = "/v1/keys/{id}/rotate", tag = "keys", params(("id" = Uuid, Path, description = "Key id")),
-    request_body(content = Option<RotateKey>, description = "Optional; empty body = revoke the old key now"),
+    // Optional (no body = revoke the old key now); `openapi::OptionalRotateBody`
+    // marks it so: `Option<RotateKey>` would also (wrongly) allow a JSON `null`.
+    request_body(content = RotateKey, description = "Optional; empty body = revoke the old key now"),
     responses(
         (status = 201, description = "The successor", body = KeyCreated),
-        (status = 400, description = "Invalid request (e.g. the key is revoked)", body = ErrorBody),
+        (status = 400, description = "Invalid request", body = ErrorBody),
         (status = 401, description = "Not authenticated", body = ErrorBody),
         (status = 403, description = "Not allowed", body = ErrorBody),
         (status = 404, description = "No such key (or another org's)", body = ErrorBody),
+        (status = 409, description = "The key is revoked (`already_revoked`)", body = ErrorBody),
         (status = 429, description = "Too many failed attempts", body = ErrorBody),
+        (status = 503, description = "The store is unavailable; retry shortly", body = ErrorBody),
     ),
     security(("admin_key" = [])))]
 pub async fn rotate(
@@ -571,11 +701,21 @@ pub async fn rotate(
     } else {
         serde_json::from_slice(&body).map_err(|e| ApiError::invalid(format!("invalid JSON body: {e}")))?
     };
-    load(&state, &admin, id).await?;
-    let overlap_secs = i64::try_from(body.overlap_seconds.unwrap_or(0))
-        .ok()
-        .filter(|s| *s <= 366 * 86_400)
-        .ok_or_else(|| ApiError::invalid("overlap_seconds must be at most one year"))?;
+    let overlap_secs = body.overlap_seconds.map_or(0, |c| c.0);
+    if overlap_secs > MAX_OVERLAP_SECONDS {
+        return Err(ApiError::invalid(
+            "overlap_seconds must be at most one year (366 days, 31622400)",
+        ));
+    }
+    let overlap_secs = i64::try_from(overlap_secs).unwrap_or_default();
+    let current = load(&state, &admin, id).await?;
+    if current.status(state.clock.now()) == Status::Revoked {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "already_revoked",
+            format!("key {id} is revoked; a revoked key cannot be rotated"),
+        ));
+    }
     let (key, record) = state
         .keys
         .rotate(id, chrono::Duration::seconds(overlap_secs), &admin.actor)
@@ -597,10 +737,12 @@ pub async fn rotate(
 #[utoipa::path(get, path = "/v1/keys/{id}/usage", tag = "keys", params(("id" = Uuid, Path, description = "Key id")),
     responses(
         (status = 200, description = "Usage", body = UsageView),
+        (status = 400, description = "Invalid request (e.g. more than one credential)", body = ErrorBody),
         (status = 401, description = "Not authenticated", body = ErrorBody),
         (status = 403, description = "Not allowed", body = ErrorBody),
         (status = 404, description = "No such key (or another org's)", body = ErrorBody),
         (status = 429, description = "Too many failed attempts", body = ErrorBody),
+        (status = 503, description = "The store is unavailable; retry shortly", body = ErrorBody),
     ),
     security(("admin_key" = [])))]
 pub async fn usage(
@@ -641,6 +783,7 @@ pub async fn usage(
         (status = 401, description = "Not authenticated", body = ErrorBody),
         (status = 403, description = "Not allowed", body = ErrorBody),
         (status = 429, description = "Too many failed attempts", body = ErrorBody),
+        (status = 503, description = "The store is unavailable; retry shortly", body = ErrorBody),
     ),
     security(("admin_key" = [])))]
 pub async fn audit(
