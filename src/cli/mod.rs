@@ -1,5 +1,5 @@
 //! The command line: each subcommand parses its flags and calls one library function.
-//! `keys` commands live in [`keys`]; [`remote`] is their admin-API client.
+//! `keys` commands live in `cli/keys.rs`; `cli/remote.rs` is their admin-API client.
 
 mod explain;
 mod keys;
