@@ -221,19 +221,19 @@ pub struct Replaced {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateKey {
-    /// Human label (1-200 characters, not only white space).
+    /// Human label (1-200 characters, not only white space, no NUL).
     #[schema(
         min_length = 1,
         max_length = 200,
-        pattern = r"[^\t\n\u000B\f\r \u0085\u00A0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000]"
+        pattern = r"^[^\u0000]*[^\u0000\t\n\u000B\f\r \u0085\u00A0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000][^\u0000]*$"
     )]
     pub name: String,
     /// Organisation (1-200 characters, no `/`); an org admin's own org by default
     /// (and the only one allowed).
-    #[schema(min_length = 1, max_length = 200, pattern = r"^[^/]*$")]
+    #[schema(min_length = 1, max_length = 200, pattern = r"^[^/\u0000]*$")]
     pub org: Option<String>,
     /// `user:<id>` or `org:<id>`; default: the org, else the admin key's name.
-    #[schema(pattern = r"^(user|org):[\s\S]")]
+    #[schema(pattern = r"^(user|org):[^\u0000]+$")]
     pub owner: Option<String>,
     /// Scopes (each 1-64 characters of `a-z`, `0-9`, `_`, `-`, `.`, `:`); default `["read"]`.
     #[schema(schema_with = optional_scopes_schema)]
@@ -261,7 +261,7 @@ pub struct UpdateKey {
     #[schema(
         min_length = 1,
         max_length = 200,
-        pattern = r"[^\t\n\u000B\f\r \u0085\u00A0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000]"
+        pattern = r"^[^\u0000]*[^\u0000\t\n\u000B\f\r \u0085\u00A0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000][^\u0000]*$"
     )]
     pub name: Option<String>,
     /// New scopes.
@@ -308,8 +308,10 @@ pub struct ListParams {
     #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,
     /// Substring of name or prefix.
+    #[param(pattern = r"^[^\u0000]*$")]
     pub search: Option<String>,
     /// Only keys of this org (an org admin sees only its own org anyway).
+    #[param(pattern = r"^[^\u0000]*$")]
     pub org: Option<String>,
     /// `active`, `paused`, `expired` or `revoked`; empty = any.
     #[param(schema_with = status_filter_schema, required = false)]

@@ -28,8 +28,9 @@ impl Owner {
     /// Parses `user:<id>` or `org:<id>`.
     pub fn parse(tag: &str) -> Option<Self> {
         match tag.split_once(':') {
-            Some(("user", id)) if !id.is_empty() => Some(Self::User(id.to_owned())),
-            Some(("org", id)) if !id.is_empty() => Some(Self::Org(id.to_owned())),
+            Some((_, id)) if id.is_empty() || id.contains('\0') => None,
+            Some(("user", id)) => Some(Self::User(id.to_owned())),
+            Some(("org", id)) => Some(Self::Org(id.to_owned())),
             _ => None,
         }
     }

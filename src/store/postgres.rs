@@ -13,8 +13,13 @@ use super::{Actor, AuditEntry, AuditPage, Change, Error, ListQuery, Notice, Page
 use crate::keys::{KeyHash, KeyRecord, Owner, Status};
 
 const COLUMNS: &str = "id, org_id, owner_type, owner_id, name, display_prefix, key_hash, \
-    environment, scopes, restrictions, quota_limit, metadata, created_by, created_at, \
-    last_used_at, expires_at, paused, revoked_at";
+    environment, scopes, restrictions::text AS restrictions, quota_limit, metadata::text AS metadata, \
+    created_by, created_at, last_used_at, expires_at, paused, revoked_at";
+
+const INSERT: &str = "INSERT INTO keys (id, org_id, owner_type, owner_id, name, display_prefix, key_hash, \
+    environment, scopes, restrictions, quota_limit, metadata, created_by, created_at, last_used_at, \
+    expires_at, paused, revoked_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::json, $11, \
+    $12::json, $13, $14, $15, $16, $17, $18)";
 
 /// The channel every key change is announced on (payload: the key id).
 pub const CHANNEL: &str = "keygate_key_changes";
@@ -112,8 +117,8 @@ impl Postgres {
         let mut record = decode(&row)?;
         patch.apply(&mut record);
         sqlx::query(
-            "UPDATE keys SET name = $2, scopes = $3, restrictions = $4, quota_limit = $5, \
-             expires_at = $6, metadata = $7 WHERE id = $1",
+            "UPDATE keys SET name = $2, scopes = $3, restrictions = $4::json, quota_limit = $5, \
+             expires_at = $6, metadata = $7::json WHERE id = $1",
         )
         .bind(id)
         .bind(&record.name)
@@ -121,7 +126,7 @@ impl Postgres {
         .bind(json(&record.restrictions))
         .bind(record.quota_limit.map(super::to_i64))
         .bind(record.expires_at)
-        .bind(&record.metadata)
+        .bind(record.metadata.to_string())
         .execute(&mut *tx)
         .await?;
         audit(&mut tx, actor, "update", &record, serde_json::json!({})).await?;
@@ -389,10 +394,7 @@ async fn insert(tx: &mut Tx, r: &KeyRecord) -> Result<(), Error> {
         Owner::User(id) => ("user", id),
         Owner::Org(id) => ("org", id),
     };
-    let sql = sqlx::AssertSqlSafe(format!(
-        "INSERT INTO keys ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)"
-    ));
-    sqlx::query(sql)
+    sqlx::query(INSERT)
         .bind(r.id)
         .bind(&r.org_id)
         .bind(owner_type)
@@ -404,7 +406,7 @@ async fn insert(tx: &mut Tx, r: &KeyRecord) -> Result<(), Error> {
         .bind(&r.scopes)
         .bind(json(&r.restrictions))
         .bind(r.quota_limit.map(super::to_i64))
-        .bind(&r.metadata)
+        .bind(r.metadata.to_string())
         .bind(&r.created_by)
         .bind(r.created_at)
         .bind(r.last_used_at)
@@ -466,7 +468,8 @@ fn decode(row: &PgRow) -> Result<KeyRecord, Error> {
         _ => Owner::Org(owner_id),
     };
     let hash: String = row.try_get("key_hash")?;
-    let restrictions: serde_json::Value = row.try_get("restrictions")?;
+    let restrictions: String = row.try_get("restrictions")?;
+    let metadata: String = row.try_get("metadata")?;
     Ok(KeyRecord {
         id: row.try_get("id")?,
         org_id: row.try_get("org_id")?,
@@ -476,12 +479,13 @@ fn decode(row: &PgRow) -> Result<KeyRecord, Error> {
         hash: KeyHash::from_hex(&hash).ok_or_else(|| Error::Corrupt("bad key hash".into()))?,
         environment: row.try_get("environment")?,
         scopes: row.try_get("scopes")?,
-        restrictions: serde_json::from_value(restrictions)
+        restrictions: serde_json::from_str(&restrictions)
             .map_err(|e| Error::Corrupt(format!("bad restrictions: {e}")))?,
         quota_limit: row
             .try_get::<Option<i64>, _>("quota_limit")?
             .map(|q| u64::try_from(q).unwrap_or_default()),
-        metadata: row.try_get("metadata")?,
+        metadata: serde_json::from_str(&metadata)
+            .map_err(|e| Error::Corrupt(format!("bad metadata: {e}")))?,
         created_by: row.try_get("created_by")?,
         created_at: row.try_get("created_at")?,
         last_used_at: row.try_get("last_used_at")?,
@@ -491,6 +495,6 @@ fn decode(row: &PgRow) -> Result<KeyRecord, Error> {
     })
 }
 
-fn json<T: serde::Serialize>(value: &T) -> serde_json::Value {
-    serde_json::to_value(value).unwrap_or_default()
+fn json<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_string(value).unwrap_or_else(|_| "null".into())
 }
