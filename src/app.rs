@@ -24,6 +24,7 @@ use crate::manage;
 use crate::proxy;
 use crate::quota::Counters;
 use crate::store::Store;
+use crate::telemetry::Metrics;
 
 /// A running keygate.
 pub struct App {
@@ -57,11 +58,13 @@ pub async fn start(config: Config, clock: SharedClock) -> anyhow::Result<App> {
         redis.clone(),
         control.clone(),
     ));
+    let metrics = Arc::new(Metrics::new());
     let verifier = Arc::new(Verifier::new(
         Arc::clone(&l1),
         redis.clone(),
         store.clone(),
         control,
+        Arc::clone(&metrics),
     ));
     let decider = Arc::new(Decider::new(
         config.auth.clone(),
@@ -118,13 +121,14 @@ pub async fn start(config: Config, clock: SharedClock) -> anyhow::Result<App> {
                 redis: redis.clone(),
                 clock: Arc::clone(&clock),
                 failures: admin::auth::Failures::new(settings.max_failed_auth_per_minute),
+                metrics: Arc::clone(&metrics),
             });
             tasks.push(tokio::spawn(admin::serve(listener, state, stop.subscribe())));
             tracing::info!(%addr, "admin listening");
             Some(addr)
         }
     };
-    let proxy = proxy::start(config.proxy.clone(), decider, Arc::clone(&clock))
+    let proxy = proxy::start(config.proxy.clone(), decider, Arc::clone(&clock), metrics)
         .with_context(|| format!("cannot listen on {}", config.proxy.listen))?;
     Ok(App {
         proxy,

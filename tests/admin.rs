@@ -454,3 +454,57 @@ async fn the_cli_works_against_a_remote_admin_api() {
     assert!(String::from_utf8_lossy(&no_key.stderr).contains("KEYGATE_ADMIN_KEY"));
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_outcomes_by_route_and_code_without_key_material() {
+    let app = TestApp::start().await;
+    let (key, record) = app.acme_key(&["read"]).await;
+    for _ in 0..3 {
+        assert_eq!(app.get(ITEMS, &key).await.status(), 200);
+    }
+    assert_eq!(app.get("/v1/orgs/beta/items/1", &key).await.status(), 403);
+    assert_eq!(app.get("/nowhere", &key).await.status(), 404);
+    assert_eq!(app.get(ITEMS, "kg_live_nope").await.status(), 401);
+    assert_eq!(app.get("/v1/down", &key).await.status(), 502);
+    let resp = app
+        .client
+        .get(app.admin_url("/metrics"))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(resp.status(), 200);
+    assert!(
+        resp.headers()["content-type"]
+            .to_str()
+            .expect("ascii")
+            .starts_with("text/plain")
+    );
+    let text = resp.text().await.expect("body");
+    eprintln!(
+        "{}",
+        text.lines()
+            .filter(|l| !l.starts_with('#') && !l.contains("_bucket"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    for line in [
+        r#"keygate_requests_total{code="forwarded",route="read-items"} 3"#,
+        r#"keygate_requests_total{code="org_mismatch",route="read-items"} 1"#,
+        r#"keygate_requests_total{code="route_not_found",route="none"} 1"#,
+        r#"keygate_requests_total{code="malformed_api_key",route="read-items"} 1"#,
+        r#"keygate_requests_total{code="upstream_unavailable",route="down"} 1"#,
+        r#"keygate_cache_lookups_total{layer="l1",result="miss"} 1"#,
+        r#"keygate_cache_lookups_total{layer="store",result="hit"} 1"#,
+        "keygate_requests_in_flight 0",
+        "keygate_decision_duration_seconds_count 7",
+    ] {
+        assert!(text.contains(line), "missing `{line}`");
+    }
+    assert!(text.contains("keygate_upstream_duration_seconds_count 4"));
+    assert!(text.contains("keygate_build_info{version="));
+    assert!(
+        !text.contains(&key[16..]) && !text.contains(&record.id.to_string()),
+        "key material or key ids in metrics"
+    );
+    app.stop().await;
+}

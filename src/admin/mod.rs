@@ -1,5 +1,6 @@
 //! The admin listener: the REST API under `/v1` (admin keys only), the console at
-//! `/console`, `/openapi.json`, and the ops endpoints `/healthz` and `/readyz`.
+//! `/console`, `/openapi.json`, and the ops endpoints `/healthz`, `/readyz` and
+//! `/metrics`.
 //!
 //! It manages keys through `manage` (audit log, cache invalidation) and reads usage
 //! from `quota`; it knows nothing of the data plane's sockets.
@@ -58,6 +59,8 @@ pub struct Inner {
     pub clock: SharedClock,
     /// Failed authentication attempts per IP.
     pub failures: auth::Failures,
+    /// Metrics, for `/metrics`.
+    pub metrics: Arc<crate::telemetry::Metrics>,
 }
 
 impl std::ops::Deref for State {
@@ -90,6 +93,7 @@ pub fn router(state: State) -> Router {
         .route("/v1/audit", get(keys::audit))
         .route("/openapi.json", get(openapi_json))
         .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
         .route("/readyz", get(readyz))
         .route("/console", get(console_page))
         .route("/console/", get(console_page))
@@ -106,6 +110,15 @@ async fn not_found() -> error::ApiError {
 async fn openapi_json() -> Response {
     let doc = openapi::ApiDoc::openapi();
     axum::Json(doc).into_response()
+}
+
+async fn metrics(axum::extract::State(state): axum::extract::State<State>) -> Response {
+    let mut resp = state.metrics.render().into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    resp
 }
 
 async fn healthz() -> Response {

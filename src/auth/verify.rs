@@ -12,9 +12,11 @@ use crate::cache::{L1, Lookup};
 use crate::keys::format::Parsed;
 use crate::keys::{KeyHash, KeyRecord, Status};
 use crate::store::{self, Store};
+use crate::telemetry::Metrics;
 
 /// Looks keys up: L1 first, then L2, then the store (on the control runtime).
 pub struct Verifier {
+    metrics: Arc<Metrics>,
     l1: Arc<L1>,
     l2: Option<Arc<Redis>>,
     store: Store,
@@ -23,8 +25,15 @@ pub struct Verifier {
 
 impl Verifier {
     /// A verifier over `l1`, the optional `l2` and `store`.
-    pub fn new(l1: Arc<L1>, l2: Option<Arc<Redis>>, store: Store, control: tokio::runtime::Handle) -> Self {
+    pub fn new(
+        l1: Arc<L1>,
+        l2: Option<Arc<Redis>>,
+        store: Store,
+        control: tokio::runtime::Handle,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Self {
+            metrics,
             l1,
             l2,
             store,
@@ -40,9 +49,18 @@ impl Verifier {
     pub async fn verify(&self, key: &Parsed<'_>, now: DateTime<Utc>) -> Result<Arc<KeyRecord>, Denial> {
         let hash = KeyHash::of(key.expose());
         let record = match self.l1.get(&hash) {
-            Lookup::Hit(record) => record,
-            Lookup::Negative => return Err(Rejection::UnknownApiKey.into()),
-            Lookup::Miss => self.load(hash).await?,
+            Lookup::Hit(record) => {
+                self.metrics.cache("l1", "hit");
+                record
+            }
+            Lookup::Negative => {
+                self.metrics.cache("l1", "negative");
+                return Err(Rejection::UnknownApiKey.into());
+            }
+            Lookup::Miss => {
+                self.metrics.cache("l1", "miss");
+                self.load(hash).await?
+            }
         };
         check_status(&record, key.environment(), now)?;
         Ok(record)
@@ -53,21 +71,34 @@ impl Verifier {
             // A failing L2 is skipped: the store stays the truth.
             match l2.get_key(&hash).await {
                 Ok(Lookup::Hit(record)) => {
+                    self.metrics.cache("l2", "hit");
                     self.l1.insert(hash, Some(Arc::clone(&record)));
                     return Ok(record);
                 }
                 Ok(Lookup::Negative) => {
+                    self.metrics.cache("l2", "negative");
                     self.l1.insert(hash, None);
                     return Err(Rejection::UnknownApiKey.into());
                 }
-                Ok(Lookup::Miss) | Err(_) => {}
+                Ok(Lookup::Miss) => self.metrics.cache("l2", "miss"),
+                Err(crate::cache::redis::Error::Down) => self.metrics.cache("l2", "skipped"),
+                Err(_) => {
+                    self.metrics.cache("l2", "error");
+                    self.metrics.dependency_error("redis");
+                }
             }
         }
         let store = self.store.clone();
         let found = store::run_on(&self.control, async move { store.find_by_hash(&hash).await })
             .await
-            .map_err(|e| Denial::Unavailable(Failure::Store(e)))?
+            .map_err(|e| {
+                self.metrics.cache("store", "error");
+                self.metrics.dependency_error("store");
+                Denial::Unavailable(Failure::Store(e))
+            })?
             .map(Arc::new);
+        self.metrics
+            .cache("store", if found.is_some() { "hit" } else { "miss" });
         if let Some(l2) = &self.l2
             && let Err(e) = l2.put_key(&hash, found.as_deref()).await
         {

@@ -27,6 +27,7 @@ use tokio::sync::watch;
 
 use crate::auth::{Decider, RequestHead};
 use crate::clock::SharedClock;
+use crate::telemetry::Metrics;
 use headers::Identity;
 
 /// Data-plane settings.
@@ -102,6 +103,7 @@ struct Shared {
     decider: Arc<Decider>,
     settings: Settings,
     clock: SharedClock,
+    metrics: Arc<Metrics>,
 }
 
 /// A running data plane.
@@ -135,7 +137,12 @@ impl Running {
 ///
 /// # Errors
 /// When the address cannot be bound or a thread cannot start.
-pub fn start(settings: Settings, decider: Arc<Decider>, clock: SharedClock) -> std::io::Result<Running> {
+pub fn start(
+    settings: Settings,
+    decider: Arc<Decider>,
+    clock: SharedClock,
+    metrics: Arc<Metrics>,
+) -> std::io::Result<Running> {
     let workers = match settings.workers {
         0 => std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
         n => n,
@@ -151,6 +158,7 @@ pub fn start(settings: Settings, decider: Arc<Decider>, clock: SharedClock) -> s
         decider,
         settings,
         clock,
+        metrics,
     });
     let mut threads = Vec::with_capacity(workers);
     for (i, listener) in listeners.into_iter().enumerate() {
@@ -238,6 +246,9 @@ async fn worker(listener: std::net::TcpListener, shared: Arc<Shared>, mut stoppe
 }
 
 async fn handle(shared: &Shared, peer: SocketAddr, req: Request<Incoming>) -> Response<Body> {
+    let metrics = &shared.metrics;
+    let _in_flight = metrics.in_flight();
+    let started = std::time::Instant::now();
     let request_id = headers::request_id(req.headers());
     let decider = &shared.decider;
     let policy = decider.settings().status;
@@ -246,17 +257,27 @@ async fn handle(shared: &Shared, peer: SocketAddr, req: Request<Incoming>) -> Re
         path: req.uri().path(),
         headers: req.headers(),
     };
-    let grant = match decider.decide(head).await {
+    let decided = decider.decide(head).await;
+    metrics.decision(started.elapsed().as_secs_f64());
+    let grant = match decided {
         Ok(grant) => grant,
         Err(denial) => {
             let resp = respond::denial(&denial, &request_id, &policy);
-            tracing::debug!(method = %req.method(), status = resp.status().as_u16(), "refused");
+            // Only refusals pay for naming their route a second time.
+            let route = decider
+                .settings()
+                .routes
+                .match_request(req.method(), req.uri().path())
+                .map_or("none", |m| m.route.name.as_str());
+            metrics.request(route, respond::code(&denial));
+            tracing::debug!(method = %req.method(), route, status = resp.status().as_u16(), "refused");
             return resp.map(Either::Right);
         }
     };
     let route = grant.route;
     let settings = &shared.settings;
     let Some(upstream) = settings.upstreams.get(route.upstream) else {
+        metrics.request(&route.name, "upstream_unavailable");
         return respond::error(
             http::StatusCode::BAD_GATEWAY,
             "upstream_unavailable",
@@ -284,8 +305,12 @@ async fn handle(shared: &Shared, peer: SocketAddr, req: Request<Incoming>) -> Re
         response: settings.response_timeout,
         pool_size: settings.pool_size,
     };
-    match forward::send(route.upstream, upstream, limits, Request::from_parts(parts, body)).await {
+    let sent = std::time::Instant::now();
+    let forwarded = forward::send(route.upstream, upstream, limits, Request::from_parts(parts, body)).await;
+    metrics.upstream(sent.elapsed().as_secs_f64());
+    match forwarded {
         Ok(mut resp) => {
+            metrics.request(&route.name, "forwarded");
             headers::prepare_response(
                 resp.headers_mut(),
                 grant.usage.as_ref(),
@@ -297,6 +322,7 @@ async fn handle(shared: &Shared, peer: SocketAddr, req: Request<Incoming>) -> Re
         }
         Err(e) => {
             let mut resp = respond::upstream(&e, &request_id);
+            metrics.request(&route.name, respond::upstream_code(&e));
             if let Some(usage) = &grant.usage {
                 // The request was charged; the client still learns where it stands.
                 let reset = crate::quota::seconds_until(usage.reset_at, shared.clock.now());

@@ -10,6 +10,23 @@ use super::forward;
 use super::headers::insert_rate_limit;
 use crate::auth::{Denial, Failure, Rejection, StatusPolicy};
 
+/// The outcome code of a refused decision (as in its body and in metrics).
+pub fn code(denial: &Denial) -> &'static str {
+    match denial {
+        Denial::Rejected(r) => r.code(),
+        Denial::Unavailable(Failure::Store(_)) => "auth_unavailable",
+        Denial::Unavailable(Failure::Quota(_)) => "quota_unavailable",
+    }
+}
+
+/// The outcome code of a failed forward.
+pub fn upstream_code(e: &forward::Error) -> &'static str {
+    match e {
+        forward::Error::Timeout(_) => "upstream_timeout",
+        forward::Error::Connect(_) | forward::Error::Http(_) => "upstream_unavailable",
+    }
+}
+
 /// The response for a refused decision.
 pub fn denial(denial: &Denial, request_id: &HeaderValue, policy: &StatusPolicy) -> Response<Full<Bytes>> {
     match denial {
@@ -60,13 +77,13 @@ pub fn upstream(e: &forward::Error, request_id: &HeaderValue) -> Response<Full<B
     match e {
         forward::Error::Timeout(_) => error(
             StatusCode::GATEWAY_TIMEOUT,
-            "upstream_timeout",
+            upstream_code(e),
             "the upstream did not answer in time",
             request_id,
         ),
         forward::Error::Connect(_) | forward::Error::Http(_) => error(
             StatusCode::BAD_GATEWAY,
-            "upstream_unavailable",
+            upstream_code(e),
             "the upstream could not be reached",
             request_id,
         ),

@@ -1,27 +1,9 @@
-//! Telemetry: log setup. The key itself never reaches a log: log fields carry only
-//! key ids and display prefixes.
+//! Telemetry: log setup ([`logs`]) and Prometheus metrics ([`metrics`]). The key
+//! itself never reaches either: log fields carry only key ids and display prefixes,
+//! and metric labels are route names and outcome codes (bounded sets).
 
-use tracing_subscriber::EnvFilter;
+pub mod logs;
+pub mod metrics;
 
-/// Log line format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
-pub enum LogFormat {
-    /// Human-readable lines.
-    #[default]
-    Human,
-    /// One JSON object per line.
-    Json,
-}
-
-/// Installs the global subscriber writing to stderr; `RUST_LOG` filters (default `info`).
-pub fn init(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    // A second init (tests) keeps the first subscriber.
-    let _ = match format {
-        LogFormat::Human => builder.try_init(),
-        LogFormat::Json => builder.json().try_init(),
-    };
-}
+pub use logs::{LogFormat, init};
+pub use metrics::Metrics;

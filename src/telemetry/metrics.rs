@@ -1,0 +1,167 @@
+//! Prometheus metrics: one `Metrics` per running keygate, rendered at `/metrics` on
+//! the admin listener. Labels are route names and outcome codes only — never key
+//! ids, keys or raw paths — so every label set is bounded by the configuration.
+
+use prometheus::{
+    Encoder as _, Histogram, HistogramOpts, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// Latency buckets in seconds: 50 µs to 10 s.
+const BUCKETS: &[f64] = &[
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    10.0,
+];
+
+/// The metrics of one keygate.
+pub struct Metrics {
+    registry: Registry,
+    requests: IntCounterVec,
+    decision: Histogram,
+    upstream: Histogram,
+    in_flight: IntGauge,
+    cache: IntCounterVec,
+    dependency_errors: IntCounterVec,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// A fresh registry with every keygate metric.
+    ///
+    /// # Panics
+    /// Never in practice: names and label sets are fixed and valid.
+    #[allow(clippy::expect_used)]
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "keygate_requests_total",
+                "Requests by route name and outcome code (forwarded, or the refusal code).",
+            ),
+            &["route", "code"],
+        )
+        .expect("valid metric");
+        let decision = Histogram::with_opts(
+            HistogramOpts::new(
+                "keygate_decision_duration_seconds",
+                "Time to decide a request (route, key, scopes, quota).",
+            )
+            .buckets(BUCKETS.to_vec()),
+        )
+        .expect("valid metric");
+        let upstream = Histogram::with_opts(
+            HistogramOpts::new(
+                "keygate_upstream_duration_seconds",
+                "Time from sending to the upstream to its response head.",
+            )
+            .buckets(BUCKETS.to_vec()),
+        )
+        .expect("valid metric");
+        let in_flight =
+            IntGauge::new("keygate_requests_in_flight", "Requests being handled now.").expect("valid metric");
+        let cache = IntCounterVec::new(
+            Opts::new(
+                "keygate_cache_lookups_total",
+                "Key lookups by cache layer (l1, l2, store) and result (hit, negative, miss, error).",
+            ),
+            &["layer", "result"],
+        )
+        .expect("valid metric");
+        let dependency_errors = IntCounterVec::new(
+            Opts::new(
+                "keygate_dependency_errors_total",
+                "Failed calls to the admin store or Redis.",
+            ),
+            &["dependency"],
+        )
+        .expect("valid metric");
+        let build = IntGaugeVec::new(
+            Opts::new("keygate_build_info", "Always 1; labels name the build."),
+            &["version"],
+        )
+        .expect("valid metric");
+        build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        for m in [
+            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(decision.clone()),
+            Box::new(upstream.clone()),
+            Box::new(in_flight.clone()),
+            Box::new(cache.clone()),
+            Box::new(dependency_errors.clone()),
+            Box::new(build),
+        ] {
+            registry.register(m).expect("unique metric names");
+        }
+        Self {
+            registry,
+            requests,
+            decision,
+            upstream,
+            in_flight,
+            cache,
+            dependency_errors,
+        }
+    }
+
+    /// Counts one finished request.
+    pub fn request(&self, route: &str, code: &str) {
+        self.requests.with_label_values(&[route, code]).inc();
+    }
+
+    /// Records how long a decision took.
+    pub fn decision(&self, seconds: f64) {
+        self.decision.observe(seconds);
+    }
+
+    /// Records how long the upstream took to its response head.
+    pub fn upstream(&self, seconds: f64) {
+        self.upstream.observe(seconds);
+    }
+
+    /// Counts a request as in flight until the guard drops.
+    pub fn in_flight(&self) -> InFlight<'_> {
+        self.in_flight.inc();
+        InFlight(&self.in_flight)
+    }
+
+    /// Counts one cache lookup.
+    pub fn cache(&self, layer: &'static str, result: &'static str) {
+        self.cache.with_label_values(&[layer, result]).inc();
+    }
+
+    /// Counts a failed call to `dependency` (`store` or `redis`).
+    pub fn dependency_error(&self, dependency: &'static str) {
+        self.dependency_errors.with_label_values(&[dependency]).inc();
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        if TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .is_err()
+        {
+            return String::new();
+        }
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+/// Decrements the in-flight gauge when dropped.
+pub struct InFlight<'a>(&'a IntGauge);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
