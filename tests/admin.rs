@@ -508,3 +508,29 @@ async fn metrics_count_outcomes_by_route_and_code_without_key_material() {
     );
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_bodies_must_be_objects_all_the_way_down() {
+    let app = TestApp::start().await;
+    let admin = Admin {
+        app: &app,
+        key: admin_key(&app, None).await,
+    };
+    let (_, created) = admin.post("/v1/keys", json!({"name": "shape"})).await;
+    let id = created["id"].as_str().expect("id").to_owned();
+    for (method, path, body) in [
+        (reqwest::Method::POST, "/v1/keys".to_owned(), json!(["shape"])),
+        (
+            reqwest::Method::PATCH,
+            format!("/v1/keys/{id}"),
+            json!({"restrictions": []}),
+        ),
+        (reqwest::Method::PATCH, format!("/v1/keys/{id}"), json!([])),
+        (reqwest::Method::POST, format!("/v1/keys/{id}/rotate"), json!([0])),
+    ] {
+        let (status, resp) = admin.call(method.clone(), &path, Some(body.clone())).await;
+        assert_eq!(status, 400, "{method} {path} {body}: {resp}");
+        assert_eq!(resp["error"]["code"], "invalid_request");
+    }
+    app.stop().await;
+}

@@ -131,11 +131,23 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        axum::Json::<T>::from_request(req, state)
+        let axum::Json(value) = axum::Json::<serde_json::Value>::from_request(req, state)
             .await
-            .map(|axum::Json(v)| Self(v))
-            .map_err(|e: JsonRejection| ApiError::invalid(e.body_text()))
+            .map_err(|e: JsonRejection| ApiError::invalid(e.body_text()))?;
+        from_object(value).map(Self)
     }
+}
+
+/// Reads a request body that must be a JSON object (serde would also read a struct
+/// from an array, which the schema does not allow).
+///
+/// # Errors
+/// 400 `invalid_request` for anything else, or fields that do not fit `T`.
+pub fn from_object<T: DeserializeOwned>(value: serde_json::Value) -> Result<T, ApiError> {
+    if !value.is_object() {
+        return Err(ApiError::invalid("the request body must be a JSON object"));
+    }
+    serde_json::from_value(value).map_err(|e| ApiError::invalid(format!("invalid request body: {e}")))
 }
 
 /// `Query<T>` whose rejection is an [`ApiError`].

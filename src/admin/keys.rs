@@ -107,9 +107,10 @@ impl<'de> Deserialize<'de> for Count {
     }
 }
 
-/// Limits a key carries beyond its scopes.
+/// Limits a key carries beyond its scopes. Accepted only as a JSON object (serde
+/// would otherwise also read a struct from an array).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, try_from = "JsonObject")]
 pub struct RestrictionsBody {
     /// Only GET, HEAD and OPTIONS.
     #[serde(default)]
@@ -117,6 +118,29 @@ pub struct RestrictionsBody {
     /// Route names the key may use; empty = all.
     #[serde(default)]
     pub routes: Vec<String>,
+}
+
+type JsonObject = serde_json::Map<String, serde_json::Value>;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RestrictionsFields {
+    #[serde(default)]
+    read_only: bool,
+    #[serde(default)]
+    routes: Vec<String>,
+}
+
+impl TryFrom<JsonObject> for RestrictionsBody {
+    type Error = serde_json::Error;
+
+    fn try_from(object: JsonObject) -> Result<Self, Self::Error> {
+        let f: RestrictionsFields = serde_json::from_value(serde_json::Value::Object(object))?;
+        Ok(Self {
+            read_only: f.read_only,
+            routes: f.routes,
+        })
+    }
 }
 
 impl From<RestrictionsBody> for Restrictions {
@@ -701,7 +725,9 @@ pub async fn rotate(
     let body: RotateKey = if body.iter().all(u8::is_ascii_whitespace) {
         RotateKey::default()
     } else {
-        serde_json::from_slice(&body).map_err(|e| ApiError::invalid(format!("invalid JSON body: {e}")))?
+        let value: serde_json::Value = serde_json::from_slice(&body)
+            .map_err(|e| ApiError::invalid(format!("invalid JSON body: {e}")))?;
+        super::error::from_object(value)?
     };
     let overlap_secs = body.overlap_seconds.map_or(0, |c| c.0);
     if overlap_secs > MAX_OVERLAP_SECONDS {
