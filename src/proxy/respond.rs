@@ -35,7 +35,7 @@ pub fn denial(denial: &Denial, request_id: &HeaderValue, policy: &StatusPolicy) 
             tracing::warn!(error = %e, source = ?std::error::Error::source(e), "admin store unavailable; answering 503");
             error(
                 StatusCode::SERVICE_UNAVAILABLE,
-                "auth_unavailable",
+                code(denial),
                 "the key could not be checked right now; retry shortly",
                 request_id,
             )
@@ -44,7 +44,7 @@ pub fn denial(denial: &Denial, request_id: &HeaderValue, policy: &StatusPolicy) 
             tracing::warn!(error = %e, "quota counters unavailable and on_redis_error = \"deny\"; answering 503");
             error(
                 StatusCode::SERVICE_UNAVAILABLE,
-                "quota_unavailable",
+                code(denial),
                 "the quota could not be checked right now; retry shortly",
                 request_id,
             )
