@@ -423,6 +423,8 @@ org_param = "org"
   await step('Escape closes the dialog and the key is gone from the page', async () => {
     await page.keyboard.press('Escape');
     await page.locator('#create-dialog').waitFor({ state: 'hidden' });
+    // The dialog's `close` event (which resets the form) is a task after it hides.
+    await page.locator('#created-key').waitFor({ state: 'detached' });
     await page.locator('#keys-body tr', { hasText: 'browser-e2e' }).waitFor();
     const leak = await page.evaluate((secret) => {
       const where = [];
@@ -621,6 +623,10 @@ try {
   await cleanup();
   killChildrenNow();
   clearTimeout(watchdog);
+  // The test command scans every log of the run for key material.
+  if (process.env.KEYGATE_TEST_LOG_DIR) {
+    fs.writeFileSync(path.join(process.env.KEYGATE_TEST_LOG_DIR, 'browser-console.log'), keygateLog);
+  }
 }
 
 if (failed) {

@@ -760,6 +760,8 @@
       $('create-dialog').close();
     });
     $('create-dialog').addEventListener('close', onCreateClosed);
+    // Escape fires `cancel` at once and `close` a task later: drop the key on the first.
+    $('create-dialog').addEventListener('cancel', discardCreated);
 
     $('revoke-cancel').addEventListener('click', function () {
       $('revoke-dialog').close();
