@@ -60,6 +60,9 @@ cleanup() {
         kill "$pid" 2>/dev/null || true
         wait "$pid" 2>/dev/null || true
     fi
+    if [ -n "${KEYGATE_TEST_LOG_DIR:-}" ] && [ -f "$tmp/keygate.log" ]; then
+        cp "$tmp/keygate.log" "$KEYGATE_TEST_LOG_DIR/api-schema.log"
+    fi
     if [ "${KEEP_TMP:-}" = 1 ]; then
         echo "api-schema-test: kept $tmp" >&2
     else

@@ -61,9 +61,16 @@ if [ -z "${KEYGATE_TEST_POSTGRES:-}" ]; then
     fi
 fi
 
+# Every keygate log of the run (in-process at TRACE, `serve` processes, the browser
+# and schema runs) lands here, and is scanned for key material at the end.
+KEYGATE_TEST_LOG_DIR=$(mktemp -d /tmp/keygate-test-logs.XXXXXX)
+export KEYGATE_TEST_LOG_DIR
+cleanup+=('rm -rf "$KEYGATE_TEST_LOG_DIR"')
+
 cargo test --all-targets "$@"
 cargo test --doc "$@"
 # The console in a real headless Chromium, and the admin API against its own
 # OpenAPI document (schemathesis). Each installs what it needs.
 scripts/browser-test.sh
 scripts/api-schema-test.sh
+scripts/scan-logs.sh "$KEYGATE_TEST_LOG_DIR"

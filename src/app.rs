@@ -1,16 +1,18 @@
 //! Wiring: a validated `Config` → store, Redis, caches, counters, decider, proxy, and
 //! the background tasks (invalidation, batch flush, Redis health). `serve` adds
-//! signal handling.
+//! signal handling: SIGTERM/SIGINT drain and stop, SIGHUP (or a changed file) reloads.
 //!
 //! Call [`start`] from inside a tokio runtime: that runtime becomes the control
 //! runtime, which owns the store's connections and the background tasks, while the
 //! proxy runs on its own per-core threads.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use anyhow::Context as _;
+use arc_swap::ArcSwap;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -19,7 +21,7 @@ use crate::auth::{Decider, verify::Verifier};
 use crate::cache::redis::Redis;
 use crate::cache::{L1, invalidation};
 use crate::clock::SharedClock;
-use crate::config::Config;
+use crate::config::{self, Config, Env};
 use crate::manage;
 use crate::proxy;
 use crate::quota::Counters;
@@ -30,6 +32,9 @@ use crate::telemetry::Metrics;
 pub struct App {
     proxy: proxy::Running,
     admin_addr: Option<SocketAddr>,
+    live: proxy::Snapshot,
+    running: Mutex<Config>,
+    metrics: Arc<Metrics>,
     counters: Arc<Counters>,
     store: Store,
     keys: manage::Keys,
@@ -67,7 +72,6 @@ pub async fn start(config: Config, clock: SharedClock) -> anyhow::Result<App> {
         Arc::clone(&metrics),
     ));
     let decider = Arc::new(Decider::new(
-        config.auth.clone(),
         Arc::clone(&verifier),
         Arc::clone(&counters),
         Arc::clone(&clock),
@@ -128,11 +132,23 @@ pub async fn start(config: Config, clock: SharedClock) -> anyhow::Result<App> {
             Some(addr)
         }
     };
-    let proxy = proxy::start(config.proxy.clone(), decider, Arc::clone(&clock), metrics)
-        .with_context(|| format!("cannot listen on {}", config.proxy.listen))?;
+    let live = Arc::new(ArcSwap::from_pointee(proxy::Live {
+        auth: config.auth.clone(),
+        proxy: config.proxy.clone(),
+    }));
+    let proxy = proxy::start(
+        Arc::clone(&live),
+        decider,
+        Arc::clone(&clock),
+        Arc::clone(&metrics),
+    )
+    .with_context(|| format!("cannot listen on {}", config.proxy.listen))?;
     Ok(App {
         proxy,
         admin_addr,
+        live,
+        running: Mutex::new(config),
+        metrics,
         counters,
         store,
         keys,
@@ -158,6 +174,46 @@ impl App {
         &self.keys
     }
 
+    /// Swaps in `new`'s reloadable settings at once: requests that started before
+    /// finish under the old ones. Returns the fixed settings `new` changed, which
+    /// wait for a restart (see [`config::reload`]); they are also logged.
+    pub fn apply(&self, new: Config) -> Vec<&'static str> {
+        let mut running = self.running.lock().unwrap_or_else(PoisonError::into_inner);
+        let (merged, fixed) = config::reload::merge(&running, new);
+        self.live.store(Arc::new(proxy::Live {
+            auth: merged.auth.clone(),
+            proxy: merged.proxy.clone(),
+        }));
+        self.counters.set_default_limit(merged.quota.limit);
+        self.metrics.reload(true);
+        tracing::info!(routes = merged.auth.routes.routes().len(), "config reloaded");
+        if !fixed.is_empty() {
+            tracing::warn!(
+                settings = fixed.join(", "),
+                "these settings changed in the file but only apply at restart; the running values stay"
+            );
+        }
+        *running = merged;
+        fixed
+    }
+
+    /// Reads and validates `path` and applies it; an invalid or unreadable file
+    /// keeps the running config, logs every diagnostic (line:col) and counts a
+    /// failed reload.
+    ///
+    /// # Errors
+    /// The file's problems.
+    pub fn reload(&self, path: &Path, env: &dyn Env) -> Result<Vec<&'static str>, config::Error> {
+        match config::load(path, env) {
+            Ok(new) => Ok(self.apply(new)),
+            Err(e) => {
+                self.metrics.reload(false);
+                tracing::error!("config reload refused; the running config stays in force:\n{e}");
+                Err(e)
+            }
+        }
+    }
+
     /// Drains the proxy, stops the background tasks and writes the last counts.
     ///
     /// # Errors
@@ -174,13 +230,54 @@ impl App {
     }
 }
 
-/// Runs until SIGTERM or SIGINT, then shuts down gracefully.
+/// Where a served config came from, for reloads.
+#[derive(Debug, Clone)]
+pub struct Source {
+    /// The config file.
+    pub path: PathBuf,
+    /// How often the file is read for changes; zero = only on SIGHUP.
+    pub poll_interval: Duration,
+}
+
+/// Runs until SIGTERM or SIGINT, then shuts down gracefully. SIGHUP, or a change to
+/// the file's content, reloads it.
 ///
 /// # Errors
 /// Start-up failures and a failed final flush.
-pub async fn serve(config: Config, clock: SharedClock) -> anyhow::Result<()> {
+pub async fn serve(config: Config, source: Source, clock: SharedClock) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
     let app = start(config, clock).await?;
-    wait_for_signal().await?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut hangup = signal(SignalKind::hangup())?;
+    // The content last seen, valid or not, so a bad file is reported once.
+    let mut seen = std::fs::read(&source.path).ok();
+    let poll = source.poll_interval;
+    let mut ticks = tokio::time::interval(if poll.is_zero() {
+        Duration::from_secs(3600)
+    } else {
+        poll
+    });
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticks.tick().await;
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            r = tokio::signal::ctrl_c() => { r?; break }
+            _ = hangup.recv() => {
+                tracing::info!(path = %source.path.display(), "SIGHUP: reloading the config");
+                seen = std::fs::read(&source.path).ok();
+                let _ = app.reload(&source.path, &config::ProcessEnv);
+            }
+            _ = ticks.tick(), if !poll.is_zero() => {
+                let now = std::fs::read(&source.path).ok();
+                if now.is_some() && now != seen {
+                    tracing::info!(path = %source.path.display(), "the config file changed: reloading");
+                    seen = now;
+                    let _ = app.reload(&source.path, &config::ProcessEnv);
+                }
+            }
+        }
+    }
     tracing::info!("shutting down: draining in-flight requests");
     app.shutdown().await?;
     tracing::info!("stopped");

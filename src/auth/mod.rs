@@ -61,9 +61,10 @@ pub struct Grant<'a> {
     pub usage: Option<Usage>,
 }
 
-/// Runs the pipeline.
+/// Runs the pipeline. The settings are an argument of [`Decider::decide`], not a
+/// field: a reload swaps them, and each request decides under the snapshot it read
+/// at its start.
 pub struct Decider {
-    settings: Settings,
     verifier: Arc<Verifier>,
     quota: Arc<Counters>,
     clock: SharedClock,
@@ -71,58 +72,92 @@ pub struct Decider {
 
 impl Decider {
     /// A decider over the given parts.
-    pub fn new(
-        settings: Settings,
-        verifier: Arc<Verifier>,
-        quota: Arc<Counters>,
-        clock: SharedClock,
-    ) -> Self {
+    pub fn new(verifier: Arc<Verifier>, quota: Arc<Counters>, clock: SharedClock) -> Self {
         Self {
-            settings,
             verifier,
             quota,
             clock,
         }
     }
 
-    /// The settings in force.
-    pub fn settings(&self) -> &Settings {
-        &self.settings
-    }
-
-    /// Decides `req`.
+    /// Decides `req` under `settings`.
     ///
     /// # Errors
-    /// [`Denial::Rejected`] with the precise refusal, or [`Denial::Unavailable`] when
-    /// a dependency failed and the key could not be judged.
-    pub async fn decide(&self, req: RequestHead<'_>) -> Result<Grant<'_>, Denial> {
-        let matched = self.settings.routes.match_request(req.method, req.path)?; // 1 route
-        if matched.route.public {
+    /// A [`Refusal`]: [`Denial::Rejected`] with the precise refusal, or
+    /// [`Denial::Unavailable`] when a dependency failed and the key could not be judged.
+    pub async fn decide<'s>(
+        &self,
+        settings: &'s Settings,
+        req: RequestHead<'_>,
+    ) -> Result<Grant<'s>, Refusal<'s>> {
+        let matched = settings.routes.match_request(req.method, req.path)?; // 1 route
+        let route = matched.route;
+        if route.public {
             return Ok(Grant {
-                route: matched.route,
+                route,
                 key: None,
                 usage: None,
             });
         }
-        let presented = credential::extract(req.headers, &self.settings.credentials)?; // 2 extract
+        let refuse = |denial: Denial| Refusal::on(route, None, denial);
+        let presented =
+            credential::extract(req.headers, &settings.credentials).map_err(|r| refuse(r.into()))?; // 2 extract
         let now = self.clock.now();
-        let key = self.verifier.verify(&presented, now).await?; // 3 verify
-        authorize::check(&key, &matched, req.method)?; // 4 authorize
+        let key = self.verifier.find(&presented).await.map_err(refuse)?; // 3 verify: the record
+        let refuse = |denial: Denial| Refusal::on(route, Some(&key), denial);
+        verify::check_status(&key, presented.environment(), now).map_err(|r| refuse(r.into()))?; // 3 verify: its status
+        authorize::check(&key, &matched, req.method).map_err(|r| refuse(r.into()))?; // 4 authorize
         let usage = self
             .quota
-            .charge(&key, matched.route.cost, now)
+            .charge(&key, route.cost, now)
             .await
-            .map_err(|e| match e {
-                quota::Error::Exceeded { limit, reset_at } => {
-                    let retry_after = quota::seconds_until(reset_at, now).max(1);
-                    Denial::Rejected(Rejection::QuotaExceeded { limit, retry_after })
-                }
-                quota::Error::Unavailable(e) => Denial::Unavailable(Failure::Quota(e)),
-            })?; // 5 quota
+            .map_err(|e| refuse(quota_denial(e, now)))?; // 5 quota
         Ok(Grant {
-            route: matched.route,
+            route,
             key: Some(key),
             usage: Some(usage),
         })
+    }
+}
+
+fn quota_denial(e: quota::Error, now: chrono::DateTime<chrono::Utc>) -> Denial {
+    match e {
+        quota::Error::Exceeded { limit, reset_at } => {
+            let retry_after = quota::seconds_until(reset_at, now).max(1);
+            Denial::Rejected(Rejection::QuotaExceeded { limit, retry_after })
+        }
+        quota::Error::Unavailable(e) => Denial::Unavailable(Failure::Quota(e)),
+    }
+}
+
+/// A refused request, with what the decision had learnt by then (for the access log
+/// and metrics: the route once matched, the key once found).
+#[derive(Debug)]
+pub struct Refusal<'s> {
+    /// Why.
+    pub denial: Denial,
+    /// The matched route, if matching got that far.
+    pub route: Option<&'s Route>,
+    /// The presented key's record, if it was found.
+    pub key: Option<Arc<KeyRecord>>,
+}
+
+impl<'s> Refusal<'s> {
+    fn on(route: &'s Route, key: Option<&Arc<KeyRecord>>, denial: Denial) -> Self {
+        Self {
+            denial,
+            route: Some(route),
+            key: key.cloned(),
+        }
+    }
+}
+
+impl From<Rejection> for Refusal<'_> {
+    fn from(rejection: Rejection) -> Self {
+        Self {
+            denial: rejection.into(),
+            route: None,
+            key: None,
+        }
     }
 }

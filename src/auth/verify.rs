@@ -47,6 +47,16 @@ impl Verifier {
     /// `unknown_api_key`, `key_revoked`, `key_paused`, `key_expired`,
     /// `wrong_environment`, or [`Denial::Unavailable`] when the store cannot be asked.
     pub async fn verify(&self, key: &Parsed<'_>, now: DateTime<Utc>) -> Result<Arc<KeyRecord>, Denial> {
+        let record = self.find(key).await?;
+        check_status(&record, key.environment(), now)?;
+        Ok(record)
+    }
+
+    /// The record of `key`, whatever its status.
+    ///
+    /// # Errors
+    /// `unknown_api_key`, or [`Denial::Unavailable`] when the store cannot be asked.
+    pub async fn find(&self, key: &Parsed<'_>) -> Result<Arc<KeyRecord>, Denial> {
         let hash = KeyHash::of(key.expose());
         let record = match self.l1.get(&hash) {
             Lookup::Hit(record) => {
@@ -62,7 +72,6 @@ impl Verifier {
                 self.load(hash).await?
             }
         };
-        check_status(&record, key.environment(), now)?;
         Ok(record)
     }
 

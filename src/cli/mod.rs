@@ -23,7 +23,7 @@ use crate::telemetry::LogFormat;
 #[command(name = "keygate", version, about)]
 pub struct Cli {
     /// Log format on stderr.
-    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human)]
+    #[arg(long, global = true, value_enum, env = "KEYGATE_LOG_FORMAT", default_value_t = LogFormat::Human)]
     pub log_format: LogFormat,
     /// Config file.
     #[arg(
@@ -45,8 +45,13 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: String,
     },
-    /// Run the proxy.
-    Serve,
+    /// Run the proxy. SIGTERM/SIGINT drain and stop; SIGHUP reloads the config file.
+    Serve {
+        /// How often the config file is read for changes (reloaded when its content
+        /// changed); `0s` = only on SIGHUP.
+        #[arg(long, env = "KEYGATE_CONFIG_POLL_INTERVAL", default_value = "2s", value_parser = duration)]
+        config_poll_interval: std::time::Duration,
+    },
     /// Validate a config file and report every problem with line:column.
     CheckConfig {
         /// The file (default: --config).
@@ -86,15 +91,26 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     let clock: SharedClock = Arc::new(SystemClock);
     match cli.command {
         Command::Quickstart { listen } => quickstart(&listen, clock).await,
-        Command::Serve => {
+        Command::Serve { config_poll_interval } => {
             let config = load(&cli.config)?;
-            crate::app::serve(config, clock).await?;
+            let source = crate::app::Source {
+                path: cli.config,
+                poll_interval: config_poll_interval,
+            };
+            crate::app::serve(config, source, clock).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::CheckConfig { file } => Ok(check_config(file.as_deref().unwrap_or(&cli.config))),
         Command::Keys(args) => keys::run(*args, &cli.config, clock).await,
         Command::Explain(args) => Ok(explain::run(args, &cli.config, clock).await),
     }
+}
+
+fn duration(s: &str) -> Result<std::time::Duration, String> {
+    if s == "0" {
+        return Ok(std::time::Duration::ZERO);
+    }
+    config::parse_duration(s).ok_or_else(|| format!("`{s}` is not a duration like 500ms, 2s or 1m"))
 }
 
 fn load(path: &Path) -> anyhow::Result<Config> {

@@ -59,6 +59,8 @@ pub struct Proxy {
     pub pool_size: usize,
     /// Time in-flight requests get to finish after SIGTERM. Default `30s`.
     pub shutdown_grace: Spanned<String>,
+    /// One access log line per request (target `keygate::access`, INFO). Default true.
+    pub access_log: bool,
 }
 
 impl Default for Proxy {
@@ -74,6 +76,7 @@ impl Default for Proxy {
             response_timeout: spanned("60s".into()),
             pool_size: 128,
             shutdown_grace: spanned("30s".into()),
+            access_log: true,
         }
     }
 }
@@ -88,8 +91,13 @@ pub struct Admin {
     pub max_failed_auth_per_minute: u32,
 }
 
+impl Admin {
+    /// Default of `max_failed_auth_per_minute`.
+    pub const DEFAULT_MAX_FAILED_AUTH: u32 = 10;
+}
+
 fn ten() -> u32 {
-    10
+    Admin::DEFAULT_MAX_FAILED_AUTH
 }
 
 /// `[store]`

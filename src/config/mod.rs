@@ -3,6 +3,7 @@
 //! other module receives its own typed `Settings` from here.
 
 pub mod file;
+pub mod reload;
 mod validate;
 
 use std::collections::HashMap;

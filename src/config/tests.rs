@@ -155,3 +155,55 @@ fn durations_parse() {
         assert_eq!(parse_duration(bad), None, "{bad}");
     }
 }
+
+#[test]
+fn per_environment_settings_come_from_keygate_variables_and_win_over_the_file() {
+    let file = "[proxy]\nlisten = \"127.0.0.1:8080\"\nupstream = \"http://127.0.0.1:3000\"\n";
+    let config = parse(
+        file,
+        &env(&[
+            ("KEYGATE_PROXY_LISTEN", "0.0.0.0:9000"),
+            ("KEYGATE_PROXY_UPSTREAM", "http://app:8000"),
+            ("KEYGATE_ADMIN_LISTEN", "127.0.0.1:9191"),
+            ("KEYGATE_KEYS_ENVIRONMENT", "test"),
+        ]),
+    )
+    .expect("valid");
+    assert_eq!(config.proxy.listen.to_string(), "0.0.0.0:9000");
+    assert_eq!(config.proxy.upstreams[0].authority(), "app:8000");
+    let admin = config.admin.expect("the variable turns the admin listener on");
+    assert_eq!(admin.listen.to_string(), "127.0.0.1:9191");
+    assert_eq!(admin.max_failed_auth_per_minute, 10);
+    assert_eq!(config.auth.credentials.format.environment(), "test");
+    let config = parse(file, &env(&[])).expect("valid");
+    assert_eq!(config.proxy.listen.to_string(), "127.0.0.1:8080");
+    assert!(config.admin.is_none());
+}
+
+#[test]
+fn a_bad_value_from_the_environment_names_its_variable() {
+    let err = parse(
+        "",
+        &env(&[
+            ("KEYGATE_PROXY_LISTEN", "everywhere"),
+            ("KEYGATE_KEYS_ENVIRONMENT", "Prod!"),
+        ]),
+    )
+    .expect_err("invalid");
+    let got: Vec<_> = err.iter().map(|d| (d.at, d.message.as_str())).collect();
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert!(
+        got.iter().all(|(at, _)| at.is_none()),
+        "no place in the file: {got:?}"
+    );
+    assert!(
+        got.iter()
+            .any(|(_, m)| m.starts_with("KEYGATE_PROXY_LISTEN (proxy.listen): `everywhere`")),
+        "{got:?}"
+    );
+    assert!(
+        got.iter()
+            .any(|(_, m)| m.starts_with("KEYGATE_KEYS_ENVIRONMENT (keys.environment): ")),
+        "{got:?}"
+    );
+}

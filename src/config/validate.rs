@@ -82,8 +82,9 @@ pub(super) fn parse(src: &str, env: &dyn Env) -> Result<Config, Vec<Diagnostic>>
     let mut unknown = Vec::new();
     let deserializer = toml::Deserializer::parse(src)
         .map_err(|e| vec![Diagnostic::at(src, e.span().unwrap_or(0..0), e.message())])?;
-    let file: File = serde_ignored::deserialize(deserializer, |path| unknown.push(segments(&path)))
+    let mut file: File = serde_ignored::deserialize(deserializer, |path| unknown.push(segments(&path)))
         .map_err(|e: toml::de::Error| vec![Diagnostic::at(src, e.span().unwrap_or(0..0), e.message())])?;
+    let overridden = apply_env(&mut file, env);
     let mut check = Check {
         src,
         diagnostics: Vec::new(),
@@ -95,11 +96,55 @@ pub(super) fn parse(src: &str, env: &dyn Env) -> Result<Config, Vec<Diagnostic>>
     }
     let config = build(&file, env, &mut check);
     let mut diagnostics = check.diagnostics;
+    for d in &mut diagnostics {
+        // A value from the environment has no place in the file: name its variable.
+        if let Some((key, var)) = overridden
+            .iter()
+            .find(|(key, _)| d.message.starts_with(&format!("{key}:")))
+        {
+            d.message = format!("{var} ({key}){}", &d.message[key.len()..]);
+        }
+    }
     if diagnostics.is_empty() {
         return Ok(config);
     }
     diagnostics.sort_by_key(|d| d.at.unwrap_or((usize::MAX, 0)));
     Err(diagnostics)
+}
+
+/// Settings that differ per environment, taken from `KEYGATE_*` variables when set
+/// (they win over the file). The store and Redis URLs are read where they are built.
+const ENV_OVERRIDES: &[(&str, &str)] = &[
+    ("proxy.listen", "KEYGATE_PROXY_LISTEN"),
+    ("proxy.upstream", "KEYGATE_PROXY_UPSTREAM"),
+    ("admin.listen", "KEYGATE_ADMIN_LISTEN"),
+    ("keys.environment", "KEYGATE_KEYS_ENVIRONMENT"),
+];
+
+fn apply_env(file: &mut File, env: &dyn Env) -> Vec<(&'static str, &'static str)> {
+    let mut applied = Vec::new();
+    for &(key, var) in ENV_OVERRIDES {
+        let Some(value) = env.var(var) else { continue };
+        let value = Spanned::new(0..0, value);
+        match key {
+            "proxy.listen" => file.proxy.listen = value,
+            "proxy.upstream" => file.proxy.upstream = value,
+            "admin.listen" => match &mut file.admin {
+                Some(admin) => admin.listen = value,
+                // Setting the address turns the admin listener on.
+                None => {
+                    file.admin = Some(file::Admin {
+                        listen: value,
+                        max_failed_auth_per_minute: file::Admin::DEFAULT_MAX_FAILED_AUTH,
+                    });
+                }
+            },
+            "keys.environment" => file.keys.environment = value,
+            _ => unreachable!("every override is handled"),
+        }
+        applied.push((key, var));
+    }
+    applied
 }
 
 fn build(file: &File, env: &dyn Env, check: &mut Check<'_>) -> Config {
@@ -177,12 +222,12 @@ fn build(file: &File, env: &dyn Env, check: &mut Check<'_>) -> Config {
 
     let k = &file.keys;
     let format = Format::new(k.prefix.get_ref(), k.environment.get_ref()).unwrap_or_else(|e| {
-        let span = if is_valid_name(k.prefix.get_ref(), true) {
-            k.environment.span()
+        let (span, key) = if is_valid_name(k.prefix.get_ref(), true) {
+            (k.environment.span(), "keys.environment")
         } else {
-            k.prefix.span()
+            (k.prefix.span(), "keys.prefix")
         };
-        check.error(span, format!("keys: {e}"));
+        check.error(span, format!("{key}: {e}"));
         Format::new("kg", "live").unwrap_or_else(|_| unreachable!("the default format is valid"))
     });
     let revoked = match *k.revoked_status.get_ref() {
@@ -276,6 +321,7 @@ fn build(file: &File, env: &dyn Env, check: &mut Check<'_>) -> Config {
             shutdown_grace,
             identity,
             key_header: key_header.clone(),
+            access_log: p.access_log,
         },
         auth: auth::Settings {
             routes: route::Table::new(routes, unmatched),

@@ -1,12 +1,15 @@
 //! Forwarding over a per-core pool of upstream HTTP/1.1 connections.
 //!
 //! Each data-plane thread keeps its own stack of ready `SendRequest`s per upstream
-//! (no lock, no shared pool); a connection goes back on the stack when its response
-//! body has been read to the end, and is dropped (closed) otherwise, e.g. when the
-//! client went away. Bodies stream both ways; nothing is buffered whole.
+//! authority (no lock, no shared pool); a connection goes back on the stack when its
+//! response body has been read to the end, and is dropped (closed) otherwise, e.g.
+//! when the client went away. Bodies stream both ways; nothing is buffered whole.
+//! Pools are keyed by `host:port`, not by position in the config, so a reload that
+//! reorders or replaces upstreams never sends a request down a stale connection.
 
 use std::cell::RefCell;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -36,12 +39,13 @@ pub enum Error {
 type Sender = SendRequest<Incoming>;
 
 thread_local! {
-    static POOL: RefCell<Vec<Vec<Sender>>> = const { RefCell::new(Vec::new()) };
+    // A handful of upstreams at most: a linear scan beats hashing the authority.
+    static POOL: RefCell<Vec<(Arc<str>, Vec<Sender>)>> = const { RefCell::new(Vec::new()) };
 }
 
-fn checkout(upstream: usize) -> Option<Sender> {
+fn checkout(authority: &str) -> Option<Sender> {
     POOL.with_borrow_mut(|pool| {
-        let stack = pool.get_mut(upstream)?;
+        let (_, stack) = pool.iter_mut().find(|(a, _)| &**a == authority)?;
         while let Some(sender) = stack.pop() {
             if !sender.is_closed() {
                 return Some(sender);
@@ -51,16 +55,21 @@ fn checkout(upstream: usize) -> Option<Sender> {
     })
 }
 
-fn checkin(upstream: usize, sender: Sender, max: usize) {
+fn checkin(authority: Arc<str>, sender: Sender, max: usize) {
     if sender.is_closed() {
         return;
     }
     POOL.with_borrow_mut(|pool| {
-        if pool.len() <= upstream {
-            pool.resize_with(upstream + 1, Vec::new);
-        }
-        if pool[upstream].len() < max {
-            pool[upstream].push(sender);
+        let i = match pool.iter().position(|(a, _)| *a == authority) {
+            Some(i) => i,
+            None => {
+                pool.push((authority, Vec::new()));
+                pool.len() - 1
+            }
+        };
+        let stack = &mut pool[i].1;
+        if stack.len() < max {
+            stack.push(sender);
         }
     });
 }
@@ -76,31 +85,42 @@ pub struct Limits {
     pub pool_size: usize,
 }
 
-/// Sends `req` (already rewritten) to upstream number `index`.
+/// Sends `req` (already rewritten) to `upstream`.
 ///
 /// # Errors
 /// [`Error`] when no response head arrived.
 pub async fn send(
-    index: usize,
     upstream: &Upstream,
     limits: Limits,
     mut req: Request<Incoming>,
 ) -> Result<Response<PooledBody>, Error> {
     // A pooled connection may have been closed by the upstream meanwhile; a request
     // it never sent comes back and goes to the next one.
-    while let Some(mut sender) = checkout(index) {
+    while let Some(mut sender) = checkout(upstream.authority()) {
         if sender.ready().await.is_err() {
             continue;
         }
         match exchange(&mut sender, req, limits.response).await {
-            Ok(resp) => return Ok(PooledBody::wrap(resp, sender, index, limits.pool_size)),
+            Ok(resp) => {
+                return Ok(PooledBody::wrap(
+                    resp,
+                    sender,
+                    upstream.shared_authority(),
+                    limits.pool_size,
+                ));
+            }
             Err(Retry::Again(back)) => req = *back,
             Err(Retry::No(e)) => return Err(e),
         }
     }
     let mut sender = connect(upstream, limits.connect).await?;
     match exchange(&mut sender, req, limits.response).await {
-        Ok(resp) => Ok(PooledBody::wrap(resp, sender, index, limits.pool_size)),
+        Ok(resp) => Ok(PooledBody::wrap(
+            resp,
+            sender,
+            upstream.shared_authority(),
+            limits.pool_size,
+        )),
         Err(Retry::Again(_)) => Err(Error::Connect(std::io::Error::from(
             std::io::ErrorKind::ConnectionReset,
         ))),
@@ -155,15 +175,15 @@ pub fn origin_form(uri: &Uri) -> Uri {
 /// An upstream response body that returns its connection to the pool at its end.
 pub struct PooledBody {
     inner: Incoming,
-    sender: Option<(Sender, usize, usize)>,
+    sender: Option<(Sender, Arc<str>, usize)>,
 }
 
 impl PooledBody {
-    fn wrap(resp: Response<Incoming>, sender: Sender, index: usize, max: usize) -> Response<Self> {
+    fn wrap(resp: Response<Incoming>, sender: Sender, authority: Arc<str>, max: usize) -> Response<Self> {
         resp.map(|inner| {
             let mut body = Self {
                 inner,
-                sender: Some((sender, index, max)),
+                sender: Some((sender, authority, max)),
             };
             if body.inner.is_end_stream() {
                 body.release();
@@ -173,8 +193,8 @@ impl PooledBody {
     }
 
     fn release(&mut self) {
-        if let Some((sender, index, max)) = self.sender.take() {
-            checkin(index, sender, max);
+        if let Some((sender, authority, max)) = self.sender.take() {
+            checkin(authority, sender, max);
         }
     }
 }

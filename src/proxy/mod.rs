@@ -5,6 +5,7 @@
 //! on both sides; no work-stealing and no lock on the request path. Decisions come
 //! from `auth`; this module only speaks HTTP.
 
+mod access;
 pub mod forward;
 pub mod headers;
 pub mod respond;
@@ -12,8 +13,9 @@ pub mod respond;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue};
 use http::{Request, Response, Version};
@@ -25,7 +27,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::sync::watch;
 
-use crate::auth::{Decider, RequestHead};
+use crate::auth::{self, Decider, RequestHead};
 use crate::clock::SharedClock;
 use crate::telemetry::Metrics;
 use headers::Identity;
@@ -51,12 +53,27 @@ pub struct Settings {
     pub identity: Identity,
     /// Extra key header, stripped before forwarding.
     pub key_header: Option<HeaderName>,
+    /// Write one access line per request.
+    pub access_log: bool,
 }
+
+/// What a config reload replaces, as one value. A request reads the snapshot once,
+/// at its start, and finishes under it even if a reload lands meanwhile.
+#[derive(Debug)]
+pub struct Live {
+    /// Routes, key extraction, statuses.
+    pub auth: auth::Settings,
+    /// Upstreams, timeouts, headers (`listen` and `workers` only count at start).
+    pub proxy: Settings,
+}
+
+/// The snapshot the proxy reads and a reload swaps.
+pub type Snapshot = Arc<ArcSwap<Live>>;
 
 /// A plain-HTTP upstream.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Upstream {
-    authority: String,
+    authority: Arc<str>,
     host: HeaderValue,
 }
 
@@ -86,7 +103,7 @@ impl Upstream {
             HeaderValue::from_str(authority.as_str()).map_err(|_| format!("`{url}` has an invalid host"))?;
         let port = authority.port_u16().unwrap_or(80);
         Ok(Self {
-            authority: format!("{}:{port}", authority.host()),
+            authority: format!("{}:{port}", authority.host()).into(),
             host,
         })
     }
@@ -95,13 +112,17 @@ impl Upstream {
     pub fn authority(&self) -> &str {
         &self.authority
     }
+
+    fn shared_authority(&self) -> Arc<str> {
+        Arc::clone(&self.authority)
+    }
 }
 
 type Body = Either<forward::PooledBody, Full<Bytes>>;
 
 struct Shared {
     decider: Arc<Decider>,
-    settings: Settings,
+    live: Snapshot,
     clock: SharedClock,
     metrics: Arc<Metrics>,
 }
@@ -133,21 +154,26 @@ impl Running {
     }
 }
 
-/// Binds the listeners and starts the worker threads.
+/// Binds the listeners and starts the worker threads, with the listen address and
+/// worker count of the snapshot in force now.
 ///
 /// # Errors
 /// When the address cannot be bound or a thread cannot start.
 pub fn start(
-    settings: Settings,
+    live: Snapshot,
     decider: Arc<Decider>,
     clock: SharedClock,
     metrics: Arc<Metrics>,
 ) -> std::io::Result<Running> {
-    let workers = match settings.workers {
+    let (listen, workers) = {
+        let settings = &live.load().proxy;
+        (settings.listen, settings.workers)
+    };
+    let workers = match workers {
         0 => std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
         n => n,
     };
-    let first = bind(settings.listen)?;
+    let first = bind(listen)?;
     let addr = first.local_addr()?;
     let mut listeners = vec![first];
     for _ in 1..workers {
@@ -156,7 +182,7 @@ pub fn start(
     let (stop, stopped) = watch::channel(false);
     let shared = Arc::new(Shared {
         decider,
-        settings,
+        live,
         clock,
         metrics,
     });
@@ -236,7 +262,7 @@ async fn worker(listener: std::net::TcpListener, shared: Arc<Shared>, mut stoppe
         }
     }
     drop(listener);
-    let grace = shared.settings.shutdown_grace;
+    let grace = shared.live.load().proxy.shutdown_grace;
     if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
         tracing::warn!(
             ?grace,
@@ -248,43 +274,63 @@ async fn worker(listener: std::net::TcpListener, shared: Arc<Shared>, mut stoppe
 async fn handle(shared: &Shared, peer: SocketAddr, req: Request<Incoming>) -> Response<Body> {
     let metrics = &shared.metrics;
     let _in_flight = metrics.in_flight();
-    let started = std::time::Instant::now();
+    let started = Instant::now();
+    let live = shared.live.load_full();
     let request_id = headers::request_id(req.headers());
-    let decider = &shared.decider;
-    let policy = decider.settings().status;
     let head = RequestHead {
         method: req.method(),
         path: req.uri().path(),
         headers: req.headers(),
     };
-    let decided = decider.decide(head).await;
-    metrics.decision(started.elapsed().as_secs_f64());
+    let decided = shared.decider.decide(&live.auth, head).await;
+    let decision = started.elapsed();
+    metrics.decision(decision.as_secs_f64());
+    let settings = &live.proxy;
+    let mut line = access::Line {
+        // Cheap: a standard method is a tag, a URI shares its bytes.
+        method: req.method().clone(),
+        uri: req.uri().clone(),
+        route: "none",
+        status: 0,
+        code: "",
+        key: None,
+        request_id: &request_id,
+        decision,
+        upstream: None,
+        total: decision,
+    };
     let grant = match decided {
         Ok(grant) => grant,
-        Err(denial) => {
-            let resp = respond::denial(&denial, &request_id, &policy);
-            // Only refusals pay for naming their route a second time.
-            let route = decider
-                .settings()
-                .routes
-                .match_request(req.method(), req.uri().path())
-                .map_or("none", |m| m.route.name.as_str());
-            metrics.request(route, respond::code(&denial));
-            tracing::debug!(method = %req.method(), route, status = resp.status().as_u16(), "refused");
+        Err(refusal) => {
+            let resp = respond::denial(&refusal.denial, &request_id, &live.auth.status);
+            line.route = refusal.route.map_or("none", |r| r.name.as_str());
+            line.code = respond::code(&refusal.denial);
+            line.status = resp.status().as_u16();
+            line.key = refusal.key.as_deref();
+            metrics.request(line.route, line.code);
+            if settings.access_log {
+                line.write();
+            }
             return resp.map(Either::Right);
         }
     };
     let route = grant.route;
-    let settings = &shared.settings;
+    line.route = &route.name;
+    line.key = grant.key.as_deref();
     let Some(upstream) = settings.upstreams.get(route.upstream) else {
-        metrics.request(&route.name, "upstream_unavailable");
-        return respond::error(
+        line.code = "upstream_unavailable";
+        let resp = respond::error(
             http::StatusCode::BAD_GATEWAY,
-            "upstream_unavailable",
+            line.code,
             "no upstream configured",
             &request_id,
-        )
-        .map(Either::Right);
+        );
+        line.status = resp.status().as_u16();
+        metrics.request(line.route, line.code);
+        if settings.access_log {
+            line.write();
+        }
+        return resp.map(Either::Right);
     };
     let (mut parts, body) = req.into_parts();
     parts.uri = forward::origin_form(&parts.uri);
@@ -305,24 +351,25 @@ async fn handle(shared: &Shared, peer: SocketAddr, req: Request<Incoming>) -> Re
         response: settings.response_timeout,
         pool_size: settings.pool_size,
     };
-    let sent = std::time::Instant::now();
-    let forwarded = forward::send(route.upstream, upstream, limits, Request::from_parts(parts, body)).await;
-    metrics.upstream(sent.elapsed().as_secs_f64());
-    match forwarded {
+    let sent = Instant::now();
+    let forwarded = forward::send(upstream, limits, Request::from_parts(parts, body)).await;
+    let upstream_time = sent.elapsed();
+    metrics.upstream(upstream_time.as_secs_f64());
+    line.upstream = Some(upstream_time);
+    let resp = match forwarded {
         Ok(mut resp) => {
-            metrics.request(&route.name, "forwarded");
+            line.code = "forwarded";
             headers::prepare_response(
                 resp.headers_mut(),
                 grant.usage.as_ref(),
                 &request_id,
                 shared.clock.now(),
             );
-            tracing::debug!(route = %route.name, key_id = ?grant.key.as_ref().map(|k| k.id), status = resp.status().as_u16(), "forwarded");
             resp.map(Either::Left)
         }
         Err(e) => {
+            line.code = respond::upstream_code(&e);
             let mut resp = respond::upstream(&e, &request_id);
-            metrics.request(&route.name, respond::upstream_code(&e));
             if let Some(usage) = &grant.usage {
                 // The request was charged; the client still learns where it stands.
                 let reset = crate::quota::seconds_until(usage.reset_at, shared.clock.now());
@@ -330,5 +377,12 @@ async fn handle(shared: &Shared, peer: SocketAddr, req: Request<Incoming>) -> Re
             }
             resp.map(Either::Right)
         }
+    };
+    metrics.request(line.route, line.code);
+    if settings.access_log {
+        line.status = resp.status().as_u16();
+        line.total = started.elapsed();
+        line.write();
     }
+    resp
 }

@@ -112,6 +112,8 @@ struct Counter {
 /// The counters of this process.
 pub struct Counters {
     settings: Settings,
+    // `settings.limit` as a reload left it; the rest of `settings` needs a restart.
+    default_limit: AtomicU64,
     map: DashMap<(Uuid, i64), Arc<Counter>>,
     store: Store,
     redis: Option<Arc<Redis>>,
@@ -129,6 +131,7 @@ impl Counters {
     ) -> Self {
         Self {
             settings,
+            default_limit: AtomicU64::new(settings.limit),
             map: DashMap::new(),
             store,
             redis,
@@ -136,9 +139,22 @@ impl Counters {
         }
     }
 
-    /// The configured defaults.
+    /// The defaults in force.
     pub fn settings(&self) -> Settings {
-        self.settings
+        Settings {
+            limit: self.default_limit(),
+            ..self.settings
+        }
+    }
+
+    /// Replaces the limit of keys without their own (a config reload); budgets already
+    /// spent stay spent.
+    pub fn set_default_limit(&self, limit: u64) {
+        self.default_limit.store(limit, Ordering::Relaxed);
+    }
+
+    fn default_limit(&self) -> u64 {
+        self.default_limit.load(Ordering::Relaxed)
     }
 
     /// Charges `cost` units to `key` at `now`, atomically: of any number of concurrent
@@ -150,7 +166,7 @@ impl Counters {
     /// Redis is unreachable and the policy is `deny`.
     pub async fn charge(&self, key: &KeyRecord, cost: u64, now: DateTime<Utc>) -> Result<Usage, Error> {
         let window = self.settings.period.window(key.created_at, now);
-        let limit = key.quota_limit.unwrap_or(self.settings.limit);
+        let limit = key.quota_limit.unwrap_or_else(|| self.default_limit());
         let counter = self.counter(key.id, window);
         if !counter.loaded.load(Ordering::Acquire) {
             self.load(key.id, &counter, now).await;
@@ -204,7 +220,7 @@ impl Counters {
     /// When the count has to come from the store and the store fails.
     pub async fn standing(&self, key: &KeyRecord, now: DateTime<Utc>) -> Result<Standing, store::Error> {
         let window = self.settings.period.window(key.created_at, now);
-        let limit = key.quota_limit.unwrap_or(self.settings.limit);
+        let limit = key.quota_limit.unwrap_or_else(|| self.default_limit());
         if let Some(redis) = &self.redis
             && let Ok(Some(used)) = redis::peek(redis, key.id, window).await
         {

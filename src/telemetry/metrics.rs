@@ -21,6 +21,8 @@ pub struct Metrics {
     in_flight: IntGauge,
     cache: IntCounterVec,
     dependency_errors: IntCounterVec,
+    reloads: IntCounterVec,
+    reload_ok: IntGauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -85,6 +87,23 @@ impl Metrics {
             &["dependency"],
         )
         .expect("valid metric");
+        let reloads = IntCounterVec::new(
+            Opts::new(
+                "keygate_config_reloads_total",
+                "Config reloads (SIGHUP or a changed file) by result (ok, failed).",
+            ),
+            &["result"],
+        )
+        .expect("valid metric");
+        for result in ["ok", "failed"] {
+            reloads.with_label_values(&[result]);
+        }
+        let reload_ok = IntGauge::new(
+            "keygate_config_last_reload_successful",
+            "1 when the last reload (or the start) applied the file, 0 when it was refused.",
+        )
+        .expect("valid metric");
+        reload_ok.set(1);
         let build = IntGaugeVec::new(
             Opts::new("keygate_build_info", "Always 1; labels name the build."),
             &["version"],
@@ -98,6 +117,8 @@ impl Metrics {
             Box::new(in_flight.clone()),
             Box::new(cache.clone()),
             Box::new(dependency_errors.clone()),
+            Box::new(reloads.clone()),
+            Box::new(reload_ok.clone()),
             Box::new(build),
         ] {
             registry.register(m).expect("unique metric names");
@@ -110,6 +131,8 @@ impl Metrics {
             in_flight,
             cache,
             dependency_errors,
+            reloads,
+            reload_ok,
         }
     }
 
@@ -142,6 +165,13 @@ impl Metrics {
     /// Counts a failed call to `dependency` (`store` or `redis`).
     pub fn dependency_error(&self, dependency: &'static str) {
         self.dependency_errors.with_label_values(&[dependency]).inc();
+    }
+
+    /// Counts a config reload that was applied (`ok`) or refused.
+    pub fn reload(&self, ok: bool) {
+        let result = if ok { "ok" } else { "failed" };
+        self.reloads.with_label_values(&[result]).inc();
+        self.reload_ok.set(i64::from(ok));
     }
 
     /// The Prometheus text exposition.

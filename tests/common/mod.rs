@@ -284,6 +284,37 @@ impl Default for Options {
     }
 }
 
+/// With `KEYGATE_TEST_LOG_DIR` set (the test command sets it), this test binary's
+/// keygate logs go there at TRACE, as JSON, for the test command's scan for key
+/// material over the whole run's logs.
+pub fn capture_logs() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let Some(file) = log_file("in-process") else {
+            return;
+        };
+        let _ = tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(tracing_subscriber::EnvFilter::new("keygate=trace"))
+            .with_writer(std::sync::Mutex::new(file))
+            .try_init();
+    });
+}
+
+/// A fresh log file in `KEYGATE_TEST_LOG_DIR`, when set.
+pub fn log_file(what: &str) -> Option<std::fs::File> {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let dir = std::env::var_os("KEYGATE_TEST_LOG_DIR")?;
+    let exe = std::env::current_exe().ok()?;
+    let name = format!(
+        "{}-{what}-{}-{}.log",
+        exe.file_name()?.to_string_lossy(),
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    );
+    std::fs::File::create(std::path::Path::new(&dir).join(name)).ok()
+}
+
 /// keygate running in-process.
 pub struct TestApp {
     app: Option<App>,
@@ -342,6 +373,7 @@ impl TestApp {
     }
 
     async fn boot(options: Options, dir: TempDir, echo: Echo, hang: Hang) -> Self {
+        capture_logs();
         let config = config_text(&options, &dir, &echo, &hang);
         let config = keygate::config::parse(&config, &std::collections::HashMap::new())
             .unwrap_or_else(|d| panic!("test config invalid: {d:?}"));
@@ -404,6 +436,23 @@ impl TestApp {
 
     pub fn store_url(&self) -> String {
         store_url(&self.options, &self.dir)
+    }
+
+    /// The config text this app started with.
+    pub fn config_text(&self) -> String {
+        config_text(&self.options, &self.dir, &self.echo, &self.hang)
+    }
+
+    /// The admin listener's `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        self.client
+            .get(self.admin_url("/metrics"))
+            .send()
+            .await
+            .expect("scrape")
+            .text()
+            .await
+            .expect("metrics text")
     }
 
     /// Creates a key through the same path as the CLI; returns the plaintext and record.
@@ -543,9 +592,21 @@ pub fn serve_process(
     rust_log: &str,
     logs: Arc<std::sync::Mutex<String>>,
 ) -> (std::process::Child, String) {
+    serve_process_with(config, &[], rust_log, logs)
+}
+
+/// `keygate serve` with extra flags.
+pub fn serve_process_with(
+    config: &std::path::Path,
+    flags: &[&str],
+    rust_log: &str,
+    logs: Arc<std::sync::Mutex<String>>,
+) -> (std::process::Child, String) {
     use std::io::{BufRead, BufReader};
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_keygate"))
-        .args(["--log-format", "json", "serve", "--config"])
+        .args(["--log-format", "json", "serve"])
+        .args(flags)
+        .arg("--config")
         .arg(config)
         .env("RUST_LOG", rust_log)
         .stdout(std::process::Stdio::null())
@@ -554,8 +615,13 @@ pub fn serve_process(
         .expect("start keygate serve");
     let stderr = child.stderr.take().expect("stderr");
     let (tx, rx) = std::sync::mpsc::channel();
+    let mut copy = log_file("serve");
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(file) = &mut copy {
+                use std::io::Write as _;
+                let _ = writeln!(file, "{line}");
+            }
             if let Ok(v) = serde_json::from_str::<Value>(&line)
                 && let Some(addr) = v["fields"]["addr"].as_str()
             {
