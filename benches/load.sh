@@ -18,6 +18,9 @@
 #                       locally (an in-process atomic, flushed to SQLite each second),
 #                       rotating over NKEYS keys (wrk-keys.lua; warm L1 cache, TTL 30 s:
 #                       keygate's default). No Redis, no network call per request.
+#   keygate-accesslog   keygate-localquota with its access log on (RUST_LOG=info, keygate's
+#                       default; one human-format line per request appended to a file). The
+#                       other keygate rows log at warn, like the anchors' access_log off.
 #   keygate-redis       the same keygate and config (its own copy of the same SQLite
 #                       store, same keys) plus a [redis] table: key records in Redis as
 #                       L2 (only asked on an L1 miss) and the quota counted in Redis by one
@@ -304,6 +307,13 @@ echo "load.sh: $NKEYS keys in $((SECONDS - start)) s" >&2
 for f in "$TMP/keygate.db" "$TMP/keygate.db-wal"; do
     if [ -e "$f" ]; then cp "$f" "$TMP/keygate-redis.db${f#"$TMP/keygate.db"}"; fi
 done
+free_port KGA_PORT
+CFG_ACCESS="$TMP/keygate-access.toml"
+free_port ADMIN_PORT_ACCESS
+for f in "$TMP/keygate.db" "$TMP/keygate.db-wal"; do
+    if [ -e "$f" ]; then cp "$f" "$TMP/keygate-access.db${f#"$TMP/keygate.db"}"; fi
+done
+write_config "$CFG_ACCESS" "$KGA_PORT" "$ADMIN_PORT_ACCESS" "$TMP/keygate-access.db"
 free_port KGR_PORT
 CFG_REDIS="$TMP/keygate-redis.toml"
 free_port ADMIN_PORT_REDIS
@@ -315,6 +325,9 @@ url = \"redis://127.0.0.1:$REDIS_PORT\"
 RUST_LOG=warn "$KEYGATE" --config "$CFG" serve > "$TMP/keygate.log" 2>&1 &
 KG_PID=$!; PIDS+=("$KG_PID")
 wait_http keygate-localquota "$KG_PORT" "$KG_PID" "$TMP/keygate.log"
+RUST_LOG=info "$KEYGATE" --config "$CFG_ACCESS" serve > "$TMP/keygate-access.log" 2>&1 &
+KGA_PID=$!; PIDS+=("$KGA_PID")
+wait_http keygate-accesslog "$KGA_PORT" "$KGA_PID" "$TMP/keygate-access.log"
 RUST_LOG=warn "$KEYGATE" --config "$CFG_REDIS" serve > "$TMP/keygate-redis.log" 2>&1 &
 KGR_PID=$!; PIDS+=("$KGR_PID")
 wait_http keygate-redis "$KGR_PORT" "$KGR_PID" "$TMP/keygate-redis.log"
@@ -375,6 +388,7 @@ if [ "$WARMUP" != 0 ]; then
         fi
     }
     warm keygate-localquota "http://127.0.0.1:$KG_PORT$REQ_PATH" "$KEYS"
+    warm keygate-accesslog "http://127.0.0.1:$KGA_PORT$REQ_PATH" "$KEYS"
     warm keygate-redis "http://127.0.0.1:$KGR_PORT$REQ_PATH" "$KEYS"
     warm bare_hop "http://127.0.0.1:$HOP_PORT$REQ_PATH"
     if [ -n "$NGL_PID" ]; then
@@ -392,6 +406,7 @@ target direct "$UP_PORT"
 target bare-hyper "$HOP_PORT"
 [ -n "$NGP_PID" ] && target nginx-proxy "$NGP_PORT"
 target keygate-localquota "$KG_PORT,keys:$KEYS"
+target keygate-accesslog "$KGA_PORT,keys:$KEYS"
 target keygate-redis "$KGR_PORT,keys:$KEYS"
 [ -n "$NGL_PID" ] && target nginx-lua-redis "$NGL_PORT,keys:$ANCHOR_KEYS"
 target bare-hyper-keys "$HOP_PORT,keys:$KEYS"
@@ -399,7 +414,7 @@ target bare-hyper-keys "$HOP_PORT,keys:$KEYS"
 echo "load.sh: upstream :$UP_PORT (pid $UP_PID), bare_hop :$HOP_PORT (pid $HOP_PID)," \
     "keygate-localquota :$KG_PORT (pid $KG_PID), keygate-redis :$KGR_PORT (pid $KGR_PID)," \
     "redis :$REDIS_PORT (pid $REDIS_PID)${NGL_PID:+, nginx-proxy :$NGP_PORT (pid $NGP_PID), nginx-lua-redis :$NGL_PORT (pid $NGL_PID)}" >&2
-kg0="$(cpu_ticks "$KG_PID")"; kgr0="$(cpu_ticks "$KGR_PID")"; hop0="$(cpu_ticks "$HOP_PID")"
+kga0="$(cpu_ticks "$KGA_PID")"; kg0="$(cpu_ticks "$KG_PID")"; kgr0="$(cpu_ticks "$KGR_PID")"; hop0="$(cpu_ticks "$HOP_PID")"
 redis0="$(cpu_ticks "$REDIS_PID")"
 [ -n "$NGL_PID" ] && { ngp0="$(cpu_ticks_tree "$NGP_PID")"; ngl0="$(cpu_ticks_tree "$NGL_PID")"; }
 evalsha0="$(redis_calls "$REDIS_PORT" evalsha eval)"; incr0="$(redis_calls "$REDIS_PORT" incr)"
@@ -409,7 +424,7 @@ RAW_DIR="$RAW" "$MEASURE" "${TARGETS[@]}" > "$TMP/table.txt" &
 MPID=$!
 wait "$MPID" || rc=$?
 MPID=""
-kg1="$(cpu_ticks "$KG_PID")"; kgr1="$(cpu_ticks "$KGR_PID")"; hop1="$(cpu_ticks "$HOP_PID")"
+kga1="$(cpu_ticks "$KGA_PID")"; kg1="$(cpu_ticks "$KG_PID")"; kgr1="$(cpu_ticks "$KGR_PID")"; hop1="$(cpu_ticks "$HOP_PID")"
 redis1="$(cpu_ticks "$REDIS_PID")"
 [ -n "$NGL_PID" ] && { ngp1="$(cpu_ticks_tree "$NGP_PID")"; ngl1="$(cpu_ticks_tree "$NGL_PID")"; }
 evalsha1="$(redis_calls "$REDIS_PORT" evalsha eval)"; incr1="$(redis_calls "$REDIS_PORT" incr)"
@@ -440,6 +455,7 @@ echo
 printf '%-48s %10s %12s %12s\n' process "CPU s" requests "CPU µs/req"
 printf '%-48s %10s %12s %12s\n' ------------------------------------------------ ---------- ------------ ------------
 cpu_row "keygate (keygate-localquota)" $((kg1 - kg0)) "$(requests keygate-localquota)"
+cpu_row "keygate (keygate-accesslog)" $((kga1 - kga0)) "$(requests keygate-accesslog)"
 cpu_row "keygate (keygate-redis)" $((kgr1 - kgr0)) "$(requests keygate-redis)"
 if [ -n "$NGL_PID" ]; then
     cpu_row "nginx, master+workers (nginx-proxy)" $((ngp1 - ngp0)) "$(requests nginx-proxy)"
@@ -449,6 +465,9 @@ else
     cpu_row "redis-server (keygate-redis)" $((redis1 - redis0)) "$(requests keygate-redis)"
 fi
 cpu_row "bare_hop (bare-hyper + bare-hyper-keys)" $((hop1 - hop0)) "$(requests bare-hyper bare-hyper-keys)"
+
+n_kga="$(requests keygate-accesslog)"
+echo "access lines written by keygate-accesslog: $(grep -c 'keygate::access' "$TMP/keygate-access.log" || true) (completed requests: $n_kga, plus warm-up)"
 
 # --- Redis calls per request: the Redis targets really did their Redis work ------------
 # wrk's completed count leaves out the (at most CONNS) requests in flight when each run

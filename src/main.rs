@@ -4,6 +4,6 @@ use clap::Parser;
 
 fn main() -> std::process::ExitCode {
     let cli = keygate::cli::Cli::parse();
-    keygate::telemetry::init(cli.log_format);
+    let _logs = keygate::telemetry::init(cli.log_format);
     keygate::cli::run(cli)
 }

@@ -318,12 +318,20 @@ async fn bad_admin_requests_get_clear_json_errors() {
         .post(app.admin_url("/v1/keys"))
         .bearer_auth(&admin.key)
         .header("content-type", "application/json")
+        .header("x-request-id", "trace-42")
         .body("{not json")
         .send()
         .await
         .expect("request");
     assert_eq!(bad.status(), 400);
-    assert_eq!(code(bad).await, "invalid_request");
+    assert_eq!(
+        bad.headers()["x-request-id"],
+        "trace-42",
+        "the caller's id is echoed"
+    );
+    let body: serde_json::Value = bad.json().await.expect("JSON");
+    assert_eq!(body["error"]["code"], "invalid_request");
+    assert_eq!(body["error"]["request_id"], "trace-42");
     for body in [
         json!({"name": "x", "colour": "red"}),
         json!({"name": ""}),

@@ -97,9 +97,25 @@ impl From<crate::store::Error> for ApiError {
     }
 }
 
+tokio::task_local! {
+    static REQUEST_ID: HeaderValue;
+}
+
+/// Middleware: every admin response carries the request's id (the client's
+/// `X-Request-Id` when it sent a sane one, else a new one), and an error body
+/// names the same id.
+pub async fn with_request_id(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let id = crate::proxy::headers::request_id(req.headers());
+    let mut resp = REQUEST_ID.scope(id.clone(), next.run(req)).await;
+    resp.headers_mut().insert("x-request-id", id);
+    resp
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let request_id = crate::proxy::headers::request_id(&axum::http::HeaderMap::new());
+        let request_id = REQUEST_ID
+            .try_with(HeaderValue::clone)
+            .unwrap_or_else(|_| crate::proxy::headers::request_id(&axum::http::HeaderMap::new()));
         let body = serde_json::json!({
             "error": {
                 "code": self.code,

@@ -100,6 +100,7 @@ pub fn router(state: State) -> Router {
         .route("/console/console.js", get(console_js))
         .route("/console/console.css", get(console_css))
         .fallback(not_found)
+        .layer(axum::middleware::from_fn(error::with_request_id))
         .with_state(state)
 }
 
