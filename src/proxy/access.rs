@@ -23,7 +23,23 @@ pub(super) struct Line<'a> {
     pub total: Duration,
 }
 
-impl Line<'_> {
+impl<'a> Line<'a> {
+    /// A line for a request refused before any decision.
+    pub(super) fn new(method: Method, uri: Uri, request_id: &'a HeaderValue) -> Self {
+        Self {
+            method,
+            uri,
+            route: "none",
+            status: 0,
+            code: "",
+            key: None,
+            request_id,
+            decision: Duration::ZERO,
+            upstream: None,
+            total: Duration::ZERO,
+        }
+    }
+
     /// Writes the line at INFO (filter with `RUST_LOG=keygate::access=off`, or
     /// `[proxy] access_log = false`).
     pub(super) fn write(&self) {

@@ -129,7 +129,23 @@ pub fn prepare_request(
             headers.remove(name);
         }
     }
-    match fwd.key {
+    insert_identity(headers, identity, fwd.key);
+    if let Some(host) = headers.remove(header::HOST) {
+        headers.insert(HeaderName::from_static("x-forwarded-host"), host);
+    }
+    headers.insert(header::HOST, fwd.host.clone());
+    headers.insert(
+        HeaderName::from_static("x-forwarded-proto"),
+        HeaderValue::from_static("http"),
+    );
+    append_forwarded_for(headers, fwd.peer);
+    headers.insert(HeaderName::from_static("x-request-id"), fwd.request_id.clone());
+}
+
+/// Sets the trusted identity headers for `key` (or `auth-method: none` on a public
+/// route). Callers strip client-sent identity headers first.
+pub fn insert_identity(headers: &mut HeaderMap, identity: &Identity, key: Option<&KeyRecord>) {
+    match key {
         Some(key) => {
             headers.insert(identity.key_id.clone(), uuid_value(key));
             headers.insert(identity.key_name.clone(), text_value(&key.name));
@@ -145,16 +161,6 @@ pub fn prepare_request(
             headers.insert(identity.auth_method.clone(), HeaderValue::from_static("none"));
         }
     }
-    if let Some(host) = headers.remove(header::HOST) {
-        headers.insert(HeaderName::from_static("x-forwarded-host"), host);
-    }
-    headers.insert(header::HOST, fwd.host.clone());
-    headers.insert(
-        HeaderName::from_static("x-forwarded-proto"),
-        HeaderValue::from_static("http"),
-    );
-    append_forwarded_for(headers, fwd.peer);
-    headers.insert(HeaderName::from_static("x-request-id"), fwd.request_id.clone());
 }
 
 /// Appends the peer to `X-Forwarded-For` (the rightmost entry is the one keygate saw).

@@ -6,6 +6,7 @@
 //! from `auth`; this module only speaks HTTP.
 
 mod access;
+pub mod ext_authz;
 pub mod forward;
 pub mod headers;
 pub mod respond;
@@ -276,20 +277,44 @@ async fn handle(shared: &Shared, peer: SocketAddr, req: Request<Incoming>) -> Re
     let _in_flight = metrics.in_flight();
     let started = Instant::now();
     let live = shared.live.load_full();
+    let settings = &live.proxy;
     let request_id = headers::request_id(req.headers());
+    let asked = match ext_authz::asked(req.method(), req.uri(), req.headers()) {
+        Ok(asked) => asked,
+        Err(message) => {
+            let resp = respond::error(
+                http::StatusCode::BAD_REQUEST,
+                "invalid_request",
+                &message,
+                &request_id,
+            );
+            metrics.request("none", "invalid_request");
+            if settings.access_log {
+                let mut line = access::Line::new(req.method().clone(), req.uri().clone(), &request_id);
+                line.code = "invalid_request";
+                line.status = resp.status().as_u16();
+                line.write();
+            }
+            return resp.map(Either::Right);
+        }
+    };
+    // A forward-auth call is judged as the request it asks about.
+    let (method, uri) = match &asked {
+        Some(a) => (&a.method, &a.uri),
+        None => (req.method(), req.uri()),
+    };
     let head = RequestHead {
-        method: req.method(),
-        path: req.uri().path(),
+        method,
+        path: uri.path(),
         headers: req.headers(),
     };
     let decided = shared.decider.decide(&live.auth, head).await;
     let decision = started.elapsed();
     metrics.decision(decision.as_secs_f64());
-    let settings = &live.proxy;
     let mut line = access::Line {
         // Cheap: a standard method is a tag, a URI shares its bytes.
-        method: req.method().clone(),
-        uri: req.uri().clone(),
+        method: method.clone(),
+        uri: uri.clone(),
         route: "none",
         status: 0,
         code: "",
@@ -317,6 +342,16 @@ async fn handle(shared: &Shared, peer: SocketAddr, req: Request<Incoming>) -> Re
     let route = grant.route;
     line.route = &route.name;
     line.key = grant.key.as_deref();
+    if asked.is_some() {
+        let resp = ext_authz::allow(&grant, &settings.identity, &request_id, shared.clock.now());
+        line.code = "authorized";
+        line.status = resp.status().as_u16();
+        metrics.request(line.route, line.code);
+        if settings.access_log {
+            line.write();
+        }
+        return resp.map(Either::Right);
+    }
     let Some(upstream) = settings.upstreams.get(route.upstream) else {
         line.code = "upstream_unavailable";
         let resp = respond::error(
