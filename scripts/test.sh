@@ -27,6 +27,8 @@ install() {
 
 command -v redis-server >/dev/null || install redis-server
 command -v psql >/dev/null || install postgresql-client
+# The forward-auth end-to-end test runs the shipped nginx example.
+[ -x /usr/sbin/nginx ] || command -v nginx >/dev/null || install nginx
 
 pg_ok() { psql "$1" -Atqc 'select 1' >/dev/null 2>&1; }
 cleanup=()
@@ -73,4 +75,7 @@ cargo test --doc "$@"
 # OpenAPI document (schemathesis). Each installs what it needs.
 scripts/browser-test.sh
 scripts/api-schema-test.sh
+# Every file under deploy/: Kubernetes schemas, kustomize references, compose,
+# nginx -t, and `keygate check-config` on each shipped config.
+KEYGATE_BIN="${CARGO_TARGET_DIR:-target}/debug/keygate" scripts/deploy-check.sh
 scripts/scan-logs.sh "$KEYGATE_TEST_LOG_DIR"
