@@ -240,8 +240,9 @@ impl Table {
 /// Splits a raw request path into decoded segments, refusing ambiguous paths.
 ///
 /// Refused: `.`/`..` segments, empty segments (`//`; one trailing `/` is allowed and
-/// ignored for matching), a backslash, control characters, invalid percent-encoding,
-/// and the encodings of `/`, `\`, `.` and `%` (`%2F`, `%5C`, `%2E`, `%25`, any case).
+/// ignored for matching), the same with `;params` after them (`..;x`, `;x`), a
+/// backslash, control characters, invalid percent-encoding, and the encodings of
+/// `/`, `\`, `.`, `%` and `;` (`%2F`, `%5C`, `%2E`, `%25`, `%3B`, any case).
 ///
 /// # Errors
 /// [`Rejection::InvalidPath`].
@@ -259,7 +260,10 @@ pub fn segments(path: &str) -> Result<Vec<Cow<'_, str>>, Rejection> {
 }
 
 fn decode_segment(raw: &str) -> Result<Cow<'_, str>, Rejection> {
-    if raw.is_empty() || raw == "." || raw == ".." {
+    // Servlet containers (Tomcat, Jetty, Spring) drop `;params` from each segment
+    // before resolving dot segments, so `..;x` would be `..` upstream.
+    let before_params = raw.split(';').next().unwrap_or(raw);
+    if before_params.is_empty() || before_params == "." || before_params == ".." {
         return Err(Rejection::InvalidPath);
     }
     if raw.bytes().any(|b| b == b'\\' || b.is_ascii_control()) {
@@ -276,7 +280,7 @@ fn decode_segment(raw: &str) -> Result<Cow<'_, str>, Rejection> {
             let hex = bytes.get(i + 1..i + 3).ok_or(Rejection::InvalidPath)?;
             let hex = std::str::from_utf8(hex).map_err(|_| Rejection::InvalidPath)?;
             let b = u8::from_str_radix(hex, 16).map_err(|_| Rejection::InvalidPath)?;
-            if matches!(b, b'/' | b'\\' | b'.' | b'%') || b.is_ascii_control() {
+            if matches!(b, b'/' | b'\\' | b'.' | b'%' | b';') || b.is_ascii_control() {
                 return Err(Rejection::InvalidPath);
             }
             out.push(b);
@@ -383,9 +387,25 @@ mod tests {
             "relative",
             "/a/.",
             "/a/..",
+            "/v1/orgs/acme/items/..;/..;/beta/items/1",
+            "/v1/..;x/y",
+            "/v1/.;/y",
+            "/v1/;x/y",
+            "/v1/%3B",
+            "/v1/a%3bb",
         ] {
             assert_eq!(name(&t, "GET", p), Err(Rejection::InvalidPath), "{p}");
         }
+    }
+
+    #[test]
+    fn path_parameters_on_ordinary_segments_are_kept_and_matched_literally() {
+        let t = table(Unmatched::Deny);
+        // `acme;v=1` is not org `acme`: the key's org has to equal the whole segment.
+        let matched = t
+            .match_request(&Method::GET, "/v1/orgs/acme;v=1/items/1")
+            .expect("an ordinary segment with parameters matches");
+        assert_eq!(matched.org.as_deref(), Some("acme;v=1"));
     }
 
     #[test]

@@ -113,6 +113,10 @@ pub fn prepare_request(
     key_header: Option<&HeaderName>,
     fwd: &Forwarded<'_>,
 ) {
+    // Taken before the hop-by-hop sweep: `Connection: host` must not let a client
+    // drop Host and have its own X-Forwarded-Host passed on as keygate's.
+    let host = headers.remove(header::HOST);
+    headers.remove(HeaderName::from_static("x-forwarded-host"));
     remove_hop_by_hop(headers);
     headers.remove(header::AUTHORIZATION);
     if let Some(name) = key_header {
@@ -130,7 +134,7 @@ pub fn prepare_request(
         }
     }
     insert_identity(headers, identity, fwd.key);
-    if let Some(host) = headers.remove(header::HOST) {
+    if let Some(host) = host {
         headers.insert(HeaderName::from_static("x-forwarded-host"), host);
     }
     headers.insert(header::HOST, fwd.host.clone());
@@ -303,6 +307,42 @@ mod tests {
                 "{n}"
             );
         }
+    }
+
+    fn forwarded(headers: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in headers {
+            h.append(*k, HeaderValue::from_static(v));
+        }
+        let host = HeaderValue::from_static("api:3000");
+        let request_id = HeaderValue::from_static("r1");
+        let fwd = Forwarded {
+            key: None,
+            peer: SocketAddr::from(([127, 0, 0, 1], 5000)),
+            request_id: &request_id,
+            host: &host,
+        };
+        prepare_request(&mut h, &Identity::default(), None, &fwd);
+        h
+    }
+
+    #[test]
+    fn x_forwarded_host_is_keygates_record_of_host_never_the_clients() {
+        let h = forwarded(&[("host", "public.example"), ("x-forwarded-host", "evil.example")]);
+        assert_eq!(h["x-forwarded-host"], "public.example");
+        assert_eq!(h["host"], "api:3000");
+        // `Connection: host` drops nothing keygate relies on.
+        let h = forwarded(&[
+            ("host", "public.example"),
+            ("connection", "host, x-forwarded-host"),
+            ("x-forwarded-host", "evil.example"),
+        ]);
+        assert_eq!(h["x-forwarded-host"], "public.example");
+        let h = forwarded(&[("x-forwarded-host", "evil.example")]);
+        assert!(
+            h.get("x-forwarded-host").is_none(),
+            "no Host, no X-Forwarded-Host"
+        );
     }
 
     #[test]
