@@ -221,12 +221,16 @@ impl Default for Cache {
 pub struct Identity {
     /// Prefix of identity headers. Default `X-Keygate-`.
     pub header_prefix: Spanned<String>,
+    /// Secret for the signed identity (`X-Keygate-Signature`); absent = unsigned.
+    /// Env `KEYGATE_IDENTITY_SIGNING_KEY` wins.
+    pub signing_key: Option<Spanned<String>>,
 }
 
 impl Default for Identity {
     fn default() -> Self {
         Self {
             header_prefix: spanned("X-Keygate-".into()),
+            signing_key: None,
         }
     }
 }

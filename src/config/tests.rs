@@ -207,3 +207,26 @@ fn a_bad_value_from_the_environment_names_its_variable() {
         "{got:?}"
     );
 }
+
+#[test]
+fn the_signing_key_is_checked_without_being_repeated_and_may_come_from_the_environment() {
+    assert_eq!(
+        messages("[identity]\nsigning_key = \"short-secret\"\n"),
+        ["2:15: identity.signing_key: must be at least 32 bytes (e.g. `openssl rand -base64 32`); it has 12"]
+    );
+    let config = parse("", &env(&[])).expect("valid");
+    assert!(config.proxy.signer.is_none(), "unsigned by default");
+    let secret = "from-the-environment-0123456789abcdef";
+    let config = parse("", &env(&[("KEYGATE_IDENTITY_SIGNING_KEY", secret)])).expect("valid");
+    assert!(config.proxy.signer.is_some());
+    let err = parse("", &env(&[("KEYGATE_IDENTITY_SIGNING_KEY", "short-secret")])).expect_err("short");
+    assert!(
+        err[0]
+            .message
+            .starts_with("KEYGATE_IDENTITY_SIGNING_KEY (identity.signing_key): must be at least 32 bytes"),
+        "{err:?}"
+    );
+    assert!(
+        !format!("{err:?}{config:?}").contains("short-secret") && !format!("{config:?}").contains(secret)
+    );
+}

@@ -12,7 +12,7 @@ use super::{Diagnostic, Env, parse_addr, parse_duration};
 use crate::auth::{self, StatusPolicy, credential, route};
 use crate::keys::Format;
 use crate::keys::format::is_valid_name;
-use crate::proxy::{self, Upstream, headers::Identity};
+use crate::proxy::{self, Upstream, headers::Identity, signature::Signer};
 use crate::{cache, quota};
 
 /// A validated configuration. It has no `Deserialize`: the only way to get one is
@@ -119,6 +119,7 @@ const ENV_OVERRIDES: &[(&str, &str)] = &[
     ("proxy.upstream", "KEYGATE_PROXY_UPSTREAM"),
     ("admin.listen", "KEYGATE_ADMIN_LISTEN"),
     ("keys.environment", "KEYGATE_KEYS_ENVIRONMENT"),
+    ("identity.signing_key", "KEYGATE_IDENTITY_SIGNING_KEY"),
 ];
 
 fn apply_env(file: &mut File, env: &dyn Env) -> Vec<(&'static str, &'static str)> {
@@ -140,6 +141,7 @@ fn apply_env(file: &mut File, env: &dyn Env) -> Vec<(&'static str, &'static str)
                 }
             },
             "keys.environment" => file.keys.environment = value,
+            "identity.signing_key" => file.identity.signing_key = Some(value),
             _ => unreachable!("every override is handled"),
         }
         applied.push((key, var));
@@ -218,6 +220,11 @@ fn build(file: &File, env: &dyn Env, check: &mut Check<'_>) -> Config {
             format!("identity.header_prefix: {e}"),
         );
         Identity::default()
+    });
+    let signer = file.identity.signing_key.as_ref().and_then(|secret| {
+        Signer::new(secret.get_ref())
+            .map_err(|e| check.error(secret.span(), format!("identity.signing_key: {e}")))
+            .ok()
     });
 
     let k = &file.keys;
@@ -322,6 +329,7 @@ fn build(file: &File, env: &dyn Env, check: &mut Check<'_>) -> Config {
             identity,
             key_header: key_header.clone(),
             access_log: p.access_log,
+            signer,
         },
         auth: auth::Settings {
             routes: route::Table::new(routes, unmatched),

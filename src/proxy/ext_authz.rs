@@ -15,7 +15,7 @@ use http::header::HeaderName;
 use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, Uri};
 use http_body_util::Full;
 
-use super::headers::{self, Identity};
+use super::headers;
 use crate::auth::Grant;
 
 /// The forward-auth endpoint; paths under it are reserved.
@@ -102,17 +102,24 @@ pub(super) fn asked(method: &Method, uri: &Uri, headers: &HeaderMap) -> Result<O
 
 /// The answer to an allowed forward-auth call: 200, empty, with the identity
 /// headers the asking proxy copies upstream, the quota headers and the request id.
+/// With signing on, the signature covers the asked-about method and URI.
 pub(super) fn allow(
     grant: &Grant<'_>,
-    identity: &Identity,
+    settings: &super::Settings,
+    asked: &Asked,
     request_id: &HeaderValue,
     now: DateTime<Utc>,
 ) -> Response<Full<Bytes>> {
     let mut resp = Response::new(Full::new(Bytes::new()));
     *resp.status_mut() = StatusCode::OK;
     let h = resp.headers_mut();
-    headers::insert_identity(h, identity, grant.key.as_deref());
+    headers::insert_identity(h, &settings.identity, grant.key.as_deref());
     headers::prepare_response(h, grant.usage.as_ref(), request_id, now);
+    if let Some(signer) = &settings.signer {
+        let target = asked.uri.path_and_query().map_or("/", |p| p.as_str());
+        let value = signer.sign(&settings.identity, &asked.method, target, h, now.timestamp());
+        h.insert(settings.identity.signature().clone(), value);
+    }
     resp
 }
 

@@ -22,6 +22,7 @@ pub struct Identity {
     scopes: HeaderName,
     owner: HeaderName,
     auth_method: HeaderName,
+    signature: HeaderName,
 }
 
 impl Default for Identity {
@@ -52,8 +53,27 @@ impl Identity {
             scopes: name("scopes")?,
             owner: name("owner")?,
             auth_method: name("auth-method")?,
+            signature: name("signature")?,
             prefix,
         })
+    }
+
+    /// The headers the signed identity covers, in the order it covers them.
+    pub fn signed(&self) -> [&HeaderName; 7] {
+        [
+            &self.key_id,
+            &self.key_name,
+            &self.org_id,
+            &self.environment,
+            &self.scopes,
+            &self.owner,
+            &self.auth_method,
+        ]
+    }
+
+    /// The signature header's name (`X-Keygate-Signature`).
+    pub fn signature(&self) -> &HeaderName {
+        &self.signature
     }
 
     /// Whether a client-sent header name is one of ours, in any spelling: case is

@@ -10,6 +10,7 @@ pub mod ext_authz;
 pub mod forward;
 pub mod headers;
 pub mod respond;
+pub mod signature;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -56,6 +57,8 @@ pub struct Settings {
     pub key_header: Option<HeaderName>,
     /// Write one access line per request.
     pub access_log: bool,
+    /// Sign the identity sent upstream (`[identity] signing_key`).
+    pub signer: Option<signature::Signer>,
 }
 
 /// What a config reload replaces, as one value. A request reads the snapshot once,
@@ -342,8 +345,8 @@ async fn handle(shared: &Shared, peer: SocketAddr, req: Request<Incoming>) -> Re
     let route = grant.route;
     line.route = &route.name;
     line.key = grant.key.as_deref();
-    if asked.is_some() {
-        let resp = ext_authz::allow(&grant, &settings.identity, &request_id, shared.clock.now());
+    if let Some(asked) = &asked {
+        let resp = ext_authz::allow(&grant, settings, asked, &request_id, shared.clock.now());
         line.code = "authorized";
         line.status = resp.status().as_u16();
         metrics.request(line.route, line.code);
@@ -381,6 +384,12 @@ async fn handle(shared: &Shared, peer: SocketAddr, req: Request<Incoming>) -> Re
             host: &upstream.host,
         },
     );
+    if let Some(signer) = &settings.signer {
+        let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        let now = shared.clock.now().timestamp();
+        let value = signer.sign(&settings.identity, &parts.method, target, &parts.headers, now);
+        parts.headers.insert(settings.identity.signature().clone(), value);
+    }
     let limits = forward::Limits {
         connect: settings.connect_timeout,
         response: settings.response_timeout,
