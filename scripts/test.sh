@@ -27,6 +27,8 @@ install() {
 
 command -v redis-server >/dev/null || install redis-server
 command -v psql >/dev/null || install postgresql-client
+# Port picking, schemathesis, manifest validation and the signature verifier example.
+command -v python3 >/dev/null || install python3 python3-venv
 # The forward-auth end-to-end test runs the shipped nginx example.
 [ -x /usr/sbin/nginx ] || command -v nginx >/dev/null || install nginx
 
@@ -78,4 +80,6 @@ scripts/api-schema-test.sh
 # Every file under deploy/: Kubernetes schemas, kustomize references, compose,
 # nginx -t, and `keygate check-config` on each shipped config.
 KEYGATE_BIN="${CARGO_TARGET_DIR:-target}/debug/keygate" scripts/deploy-check.sh
+# The parsers under libFuzzer for a few seconds each (scripts/fuzz.sh runs longer).
+FUZZ_SECONDS="${FUZZ_SECONDS:-3}" scripts/fuzz.sh
 scripts/scan-logs.sh "$KEYGATE_TEST_LOG_DIR"
