@@ -124,7 +124,8 @@ pub async fn start(config: Config, clock: SharedClock) -> anyhow::Result<App> {
                 store: store.clone(),
                 redis: redis.clone(),
                 clock: Arc::clone(&clock),
-                failures: admin::auth::Failures::new(settings.max_failed_auth_per_minute),
+                failures: crate::auth::failures::Failures::default(),
+                max_failed_auth: settings.max_failed_auth_per_minute,
                 metrics: Arc::clone(&metrics),
             });
             tasks.push(tokio::spawn(admin::serve(listener, state, stop.subscribe())));

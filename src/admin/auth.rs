@@ -8,7 +8,6 @@ use std::sync::Arc;
 use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
-use dashmap::DashMap;
 
 use super::State;
 use super::error::ApiError;
@@ -36,47 +35,6 @@ impl Admin {
     }
 }
 
-/// Failed authentication attempts per client IP in the current minute.
-#[derive(Debug, Default)]
-pub struct Failures {
-    per_ip: DashMap<IpAddr, (i64, u32)>,
-    limit: u32,
-}
-
-impl Failures {
-    /// At most `limit` failures per IP per minute (0 = unlimited).
-    pub fn new(limit: u32) -> Self {
-        Self {
-            per_ip: DashMap::new(),
-            limit,
-        }
-    }
-
-    fn minute(now_ms: i64) -> i64 {
-        now_ms / 60_000
-    }
-
-    /// Seconds until `ip` may try again, when it is blocked.
-    fn blocked(&self, ip: IpAddr, now_ms: i64) -> Option<u64> {
-        let (minute, count) = *self.per_ip.get(&ip)?;
-        (self.limit > 0 && minute == Self::minute(now_ms) && count >= self.limit)
-            .then(|| u64::try_from(60 - (now_ms / 1000) % 60).unwrap_or(60))
-    }
-
-    fn record(&self, ip: IpAddr, now_ms: i64) {
-        let minute = Self::minute(now_ms);
-        let mut entry = self.per_ip.entry(ip).or_insert((minute, 0));
-        if entry.0 != minute {
-            *entry = (minute, 0);
-        }
-        entry.1 += 1;
-        drop(entry);
-        if self.per_ip.len() > 100_000 {
-            self.per_ip.retain(|_, (m, _)| *m == minute);
-        }
-    }
-}
-
 impl FromRequestParts<State> for Admin {
     type Rejection = ApiError;
 
@@ -87,7 +45,7 @@ impl FromRequestParts<State> for Admin {
             .map_or(IpAddr::from([0, 0, 0, 0]), |c| c.0.ip());
         let now = state.clock.now();
         let now_ms = now.timestamp_millis();
-        if let Some(retry_after) = state.failures.blocked(ip, now_ms) {
+        if let Some(retry_after) = state.failures.blocked(ip, state.max_failed_auth, now_ms) {
             return Err(ApiError::too_many_failures(retry_after));
         }
         let fail = |e: ApiError| {

@@ -21,6 +21,7 @@ use axum::routing::{get, post};
 use utoipa::OpenApi as _;
 
 use crate::auth::credential;
+use crate::auth::failures::Failures;
 use crate::auth::verify::Verifier;
 use crate::cache::redis::Redis;
 use crate::clock::SharedClock;
@@ -58,7 +59,9 @@ pub struct Inner {
     /// Time.
     pub clock: SharedClock,
     /// Failed authentication attempts per IP.
-    pub failures: auth::Failures,
+    pub failures: Failures,
+    /// Failures allowed per IP per minute (0 = unlimited).
+    pub max_failed_auth: u32,
     /// Metrics, for `/metrics`.
     pub metrics: Arc<crate::telemetry::Metrics>,
 }

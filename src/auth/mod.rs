@@ -12,6 +12,7 @@
 
 pub mod authorize;
 pub mod credential;
+pub mod failures;
 pub mod rejection;
 pub mod route;
 pub mod verify;

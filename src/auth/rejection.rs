@@ -117,6 +117,22 @@ impl Rejection {
         }
     }
 
+    /// Whether this is a failed attempt to authenticate: a credential was presented
+    /// and is not a usable key (what a guesser or a leaked-then-revoked key produces).
+    /// Missing keys and refusals of a valid key do not count.
+    pub fn is_failed_authentication(&self) -> bool {
+        matches!(
+            self,
+            Self::MalformedApiKey { .. }
+                | Self::NotAnApiKey
+                | Self::WrongEnvironment { .. }
+                | Self::UnknownApiKey
+                | Self::KeyRevoked
+                | Self::KeyPaused
+                | Self::KeyExpired
+        )
+    }
+
     /// A sentence for humans. Never contains key material.
     pub fn message(&self) -> String {
         match self {

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
+use dashmap::DashMap;
 
 use super::rejection::{Denial, Failure, Rejection};
 use crate::cache::redis::Redis;
@@ -21,6 +22,8 @@ pub struct Verifier {
     l2: Option<Arc<Redis>>,
     store: Store,
     control: tokio::runtime::Handle,
+    /// One gate per hash being loaded.
+    loading: DashMap<KeyHash, Arc<tokio::sync::Mutex<()>>>,
 }
 
 impl Verifier {
@@ -38,6 +41,7 @@ impl Verifier {
             l2,
             store,
             control,
+            loading: DashMap::new(),
         }
     }
 
@@ -69,10 +73,33 @@ impl Verifier {
             }
             Lookup::Miss => {
                 self.metrics.cache("l1", "miss");
-                self.load(hash).await?
+                self.load_once(hash).await?
             }
         };
         Ok(record)
+    }
+
+    /// Loads `hash` with at most one lookup in flight per hash: concurrent requests
+    /// with the same key (a flood repeating one unknown key, a burst from a new
+    /// client) wait for the first and read what it put in L1.
+    async fn load_once(&self, hash: KeyHash) -> Result<Arc<KeyRecord>, Denial> {
+        let gate = Arc::clone(self.loading.entry(hash).or_default().value());
+        let turn = gate.lock().await;
+        let result = match self.l1.get(&hash) {
+            Lookup::Hit(record) => {
+                self.metrics.cache("l1", "coalesced");
+                Ok(record)
+            }
+            Lookup::Negative => {
+                self.metrics.cache("l1", "coalesced");
+                Err(Rejection::UnknownApiKey.into())
+            }
+            Lookup::Miss => self.load(hash).await,
+        };
+        drop(turn);
+        // The last one through removes the gate (the map holds one reference, we another).
+        self.loading.remove_if(&hash, |_, g| Arc::strong_count(g) <= 2);
+        result
     }
 
     async fn load(&self, hash: KeyHash) -> Result<Arc<KeyRecord>, Denial> {

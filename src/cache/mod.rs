@@ -2,8 +2,10 @@
 //! L2 in Redis ([`redis`]); and [`invalidation`], which keeps both honest.
 //!
 //! Positive entries hold the record; negative entries remember hashes the store does
-//! not know, so a flood of random keys does not reach the store. L1 does not talk to
-//! the store itself; `auth::verify` fills it and invalidation evicts from it.
+//! not know, so a flood of random keys does not reach the store. The two are bounded
+//! separately: a flood of unknown keys can fill the negative side but never evicts a
+//! known key. L1 does not talk to the store itself; `auth::verify` fills it and
+//! invalidation evicts from it.
 
 pub mod invalidation;
 pub mod redis;
@@ -24,8 +26,10 @@ pub struct Settings {
     pub ttl: Duration,
     /// How long an unknown hash is remembered as unknown.
     pub negative_ttl: Duration,
-    /// Entries kept at most (positive and negative).
+    /// Known keys kept at most.
     pub capacity: usize,
+    /// Unknown hashes kept at most.
+    pub negative_capacity: usize,
 }
 
 impl Default for Settings {
@@ -34,13 +38,14 @@ impl Default for Settings {
             ttl: Duration::from_secs(30),
             negative_ttl: Duration::from_secs(30),
             capacity: 100_000,
+            negative_capacity: 200_000,
         }
     }
 }
 
 #[derive(Debug, Clone)]
 struct Entry {
-    key: Option<Arc<KeyRecord>>,
+    key: Arc<KeyRecord>,
     expires_at_ms: i64,
 }
 
@@ -58,6 +63,8 @@ pub enum Lookup {
 /// The in-process cache.
 pub struct L1 {
     map: DashMap<KeyHash, Entry>,
+    /// Unknown hashes and when they stop being remembered.
+    negatives: DashMap<KeyHash, i64>,
     ids: DashMap<Uuid, KeyHash>,
     settings: Settings,
     clock: SharedClock,
@@ -68,6 +75,7 @@ impl L1 {
     pub fn new(settings: Settings, clock: SharedClock) -> Self {
         Self {
             map: DashMap::with_capacity(settings.capacity.min(1 << 16)),
+            negatives: DashMap::new(),
             ids: DashMap::new(),
             settings,
             clock,
@@ -77,44 +85,66 @@ impl L1 {
     /// Looks `hash` up.
     pub fn get(&self, hash: &KeyHash) -> Lookup {
         let now = self.clock.now_millis();
-        match self.map.get(hash) {
-            Some(e) if e.expires_at_ms > now => match &e.key {
-                Some(k) => Lookup::Hit(Arc::clone(k)),
-                None => Lookup::Negative,
-            },
+        if let Some(e) = self.map.get(hash)
+            && e.expires_at_ms > now
+        {
+            return Lookup::Hit(Arc::clone(&e.key));
+        }
+        match self.negatives.get(hash) {
+            Some(expires_at_ms) if *expires_at_ms > now => Lookup::Negative,
             _ => Lookup::Miss,
         }
     }
 
     /// Remembers what the store said about `hash` (`None` = unknown).
     pub fn insert(&self, hash: KeyHash, key: Option<Arc<KeyRecord>>) {
+        let now = self.clock.now_millis();
         let ttl = if key.is_some() {
             self.settings.ttl
         } else {
             self.settings.negative_ttl
         };
-        let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
-        if self.map.len() >= self.settings.capacity && !self.map.contains_key(&hash) {
-            self.make_room();
+        let expires_at_ms = now.saturating_add(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX));
+        match key {
+            Some(key) => {
+                self.negatives.remove(&hash);
+                if self.map.len() >= self.settings.capacity && !self.map.contains_key(&hash) {
+                    self.make_room(now);
+                }
+                self.ids.insert(key.id, hash);
+                self.map.insert(hash, Entry { key, expires_at_ms });
+            }
+            None => {
+                if self.negatives.len() >= self.settings.negative_capacity
+                    && !self.negatives.contains_key(&hash)
+                {
+                    self.make_negative_room(now);
+                }
+                self.negatives.insert(hash, expires_at_ms);
+            }
         }
-        let expires_at_ms = self.clock.now_millis().saturating_add(ttl_ms);
-        if let Some(k) = &key {
-            self.ids.insert(k.id, hash);
-        }
-        self.map.insert(hash, Entry { key, expires_at_ms });
     }
 
-    /// Frees space: expired entries go first, then negative ones, then everything.
-    fn make_room(&self) {
-        let now = self.clock.now_millis();
+    /// Frees space for a known key: expired entries go first, then everything.
+    fn make_room(&self, now: i64) {
         self.map.retain(|_, e| e.expires_at_ms > now);
-        if self.map.len() >= self.settings.capacity {
-            self.map.retain(|_, e| e.key.is_some());
-        }
         if self.map.len() >= self.settings.capacity {
             self.map.clear();
         }
         self.ids.retain(|_, hash| self.map.contains_key(hash));
+    }
+
+    /// Frees space for an unknown hash: expired entries go first, then every other
+    /// one (a flood bigger than the capacity keeps half of what it taught L1).
+    fn make_negative_room(&self, now: i64) {
+        self.negatives.retain(|_, expires_at_ms| *expires_at_ms > now);
+        if self.negatives.len() >= self.settings.negative_capacity {
+            let mut n = 0_usize;
+            self.negatives.retain(|_, _| {
+                n += 1;
+                n.is_multiple_of(2)
+            });
+        }
     }
 
     /// Forgets the key with `id`.
@@ -130,16 +160,83 @@ impl L1 {
     /// Forgets everything.
     pub fn clear(&self) {
         self.map.clear();
+        self.negatives.clear();
         self.ids.clear();
     }
 
     /// Entries currently held (including expired ones not yet swept).
     pub fn len(&self) -> usize {
-        self.map.len()
+        self.map.len() + self.negatives.len()
     }
 
     /// Whether the cache holds nothing.
     pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
+        self.map.is_empty() && self.negatives.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::keys::record::{Owner, Restrictions};
+
+    fn record() -> Arc<KeyRecord> {
+        Arc::new(KeyRecord {
+            id: Uuid::new_v4(),
+            org_id: None,
+            owner: Owner::Org("acme".into()),
+            name: "k".into(),
+            display_prefix: "kg_live_x".into(),
+            hash: KeyHash::default(),
+            environment: "live".into(),
+            scopes: vec![],
+            restrictions: Restrictions::default(),
+            quota_limit: None,
+            metadata: serde_json::Value::Null,
+            created_by: "test".into(),
+            created_at: chrono::Utc::now(),
+            last_used_at: None,
+            expires_at: None,
+            paused: false,
+            revoked_at: None,
+        })
+    }
+
+    #[test]
+    fn unknown_keys_are_bounded_apart_and_never_push_a_known_key_out() {
+        let clock = Arc::new(ManualClock::new(chrono::Utc::now()));
+        let l1 = L1::new(
+            Settings {
+                capacity: 2,
+                negative_capacity: 8,
+                ..Settings::default()
+            },
+            clock.clone(),
+        );
+        let known = [KeyHash::of("a"), KeyHash::of("b")];
+        for hash in known {
+            l1.insert(hash, Some(record()));
+        }
+        for i in 0..1_000 {
+            l1.insert(KeyHash::of(&format!("unknown-{i}")), None);
+            assert!(l1.negatives.len() <= 8);
+        }
+        for hash in &known {
+            assert!(matches!(l1.get(hash), Lookup::Hit(_)));
+        }
+        // The latest unknown key is remembered; a full side keeps half, not nothing.
+        assert!(matches!(l1.get(&KeyHash::of("unknown-999")), Lookup::Negative));
+        assert!(l1.negatives.len() >= 4);
+        // When full, expired entries go first (here: all of them).
+        let mut i = 0;
+        while l1.negatives.len() < 8 {
+            l1.insert(KeyHash::of(&format!("more-{i}")), None);
+            i += 1;
+        }
+        clock.advance(chrono::Duration::seconds(31));
+        assert!(matches!(l1.get(&KeyHash::of("unknown-999")), Lookup::Miss));
+        l1.insert(KeyHash::of("fresh"), None);
+        assert_eq!(l1.negatives.len(), 1);
     }
 }

@@ -61,6 +61,9 @@ pub struct Proxy {
     pub shutdown_grace: Spanned<String>,
     /// One access log line per request (target `keygate::access`, INFO). Default true.
     pub access_log: bool,
+    /// Failed authentications allowed per client IP per minute before the address
+    /// gets 429 `too_many_failed_attempts`; 0 = unlimited. Default 0.
+    pub max_failed_auth_per_minute: u32,
 }
 
 impl Default for Proxy {
@@ -77,6 +80,7 @@ impl Default for Proxy {
             pool_size: 128,
             shutdown_grace: spanned("30s".into()),
             access_log: true,
+            max_failed_auth_per_minute: 0,
         }
     }
 }
@@ -201,8 +205,10 @@ pub struct Cache {
     pub ttl: Spanned<String>,
     /// How long an unknown key is remembered as unknown. Default `30s`.
     pub negative_ttl: Spanned<String>,
-    /// Entries kept at most. Default 100000.
+    /// Known keys kept at most. Default 100000.
     pub capacity: usize,
+    /// Unknown keys remembered at most. Default 200000.
+    pub negative_capacity: usize,
 }
 
 impl Default for Cache {
@@ -211,6 +217,7 @@ impl Default for Cache {
             ttl: spanned("30s".into()),
             negative_ttl: spanned("30s".into()),
             capacity: 100_000,
+            negative_capacity: 200_000,
         }
     }
 }

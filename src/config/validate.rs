@@ -278,6 +278,7 @@ fn build(file: &File, env: &dyn Env, check: &mut Check<'_>) -> Config {
         ttl: check.duration(&c.ttl, "cache.ttl"),
         negative_ttl: check.duration(&c.negative_ttl, "cache.negative_ttl"),
         capacity: c.capacity.max(1),
+        negative_capacity: c.negative_capacity.max(1),
     };
 
     let s = &file.store;
@@ -330,6 +331,7 @@ fn build(file: &File, env: &dyn Env, check: &mut Check<'_>) -> Config {
             key_header: key_header.clone(),
             access_log: p.access_log,
             signer,
+            max_failed_auth_per_minute: p.max_failed_auth_per_minute,
         },
         auth: auth::Settings {
             routes: route::Table::new(routes, unmatched),

@@ -29,7 +29,8 @@ use hyper_util::server::graceful::GracefulShutdown;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::sync::watch;
 
-use crate::auth::{self, Decider, RequestHead};
+use crate::auth::failures::Failures;
+use crate::auth::{self, Decider, Denial, RequestHead};
 use crate::clock::SharedClock;
 use crate::telemetry::Metrics;
 use headers::Identity;
@@ -59,6 +60,8 @@ pub struct Settings {
     pub access_log: bool,
     /// Sign the identity sent upstream (`[identity] signing_key`).
     pub signer: Option<signature::Signer>,
+    /// Failed authentications per client IP per minute before 429; 0 = unlimited.
+    pub max_failed_auth_per_minute: u32,
 }
 
 /// What a config reload replaces, as one value. A request reads the snapshot once,
@@ -129,6 +132,7 @@ struct Shared {
     live: Snapshot,
     clock: SharedClock,
     metrics: Arc<Metrics>,
+    failures: Failures,
 }
 
 /// A running data plane.
@@ -189,6 +193,7 @@ pub fn start(
         live,
         clock,
         metrics,
+        failures: Failures::default(),
     });
     let mut threads = Vec::with_capacity(workers);
     for (i, listener) in listeners.into_iter().enumerate() {
@@ -306,6 +311,23 @@ async fn handle(shared: &Shared, peer: SocketAddr, req: Request<Incoming>) -> Re
         Some(a) => (&a.method, &a.uri),
         None => (req.method(), req.uri()),
     };
+    let failed_auth_limit = settings.max_failed_auth_per_minute;
+    let now_ms = if failed_auth_limit > 0 {
+        shared.clock.now_millis()
+    } else {
+        0
+    };
+    if let Some(retry_after) = shared.failures.blocked(peer.ip(), failed_auth_limit, now_ms) {
+        let resp = respond::too_many_failures(retry_after, &request_id);
+        let mut line = access::Line::new(method.clone(), uri.clone(), &request_id);
+        line.code = "too_many_failed_attempts";
+        line.status = resp.status().as_u16();
+        metrics.request("none", line.code);
+        if settings.access_log {
+            line.write();
+        }
+        return resp.map(Either::Right);
+    }
     let head = RequestHead {
         method,
         path: uri.path(),
@@ -330,6 +352,12 @@ async fn handle(shared: &Shared, peer: SocketAddr, req: Request<Incoming>) -> Re
     let grant = match decided {
         Ok(grant) => grant,
         Err(refusal) => {
+            if failed_auth_limit > 0
+                && let Denial::Rejected(r) = &refusal.denial
+                && r.is_failed_authentication()
+            {
+                shared.failures.record(peer.ip(), now_ms);
+            }
             let resp = respond::denial(&refusal.denial, &request_id, &live.auth.status);
             line.route = refusal.route.map_or("none", |r| r.name.as_str());
             line.code = respond::code(&refusal.denial);

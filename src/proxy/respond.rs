@@ -71,6 +71,20 @@ pub fn rejection(r: &Rejection, request_id: &HeaderValue, policy: &StatusPolicy)
     resp
 }
 
+/// 429 `too_many_failed_attempts`: the client's address failed to authenticate too
+/// often this minute (`[proxy] max_failed_auth_per_minute`).
+pub fn too_many_failures(retry_after: u64, request_id: &HeaderValue) -> Response<Full<Bytes>> {
+    let mut resp = error(
+        StatusCode::TOO_MANY_REQUESTS,
+        "too_many_failed_attempts",
+        "too many failed authentication attempts from this address; retry later",
+        request_id,
+    );
+    resp.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+    resp
+}
+
 /// The response for a failed forward.
 pub fn upstream(e: &forward::Error, request_id: &HeaderValue) -> Response<Full<Bytes>> {
     tracing::warn!(error = %e, source = ?std::error::Error::source(e), "upstream request failed");

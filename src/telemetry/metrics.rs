@@ -74,7 +74,7 @@ impl Metrics {
         let cache = IntCounterVec::new(
             Opts::new(
                 "keygate_cache_lookups_total",
-                "Key lookups by cache layer (l1, l2, store) and result (hit, negative, miss, error).",
+                "Key lookups by cache layer (l1, l2, store) and result (hit, negative, miss, coalesced, error).",
             ),
             &["layer", "result"],
         )

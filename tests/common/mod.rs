@@ -255,6 +255,8 @@ macro_rules! both_stores {
 pub struct Options {
     /// Extra TOML placed before the routes (tables like `[keys]`).
     pub extra: String,
+    /// Extra keys in the `[proxy]` table.
+    pub proxy_extra: String,
     /// `deny` or `authenticate`.
     pub unmatched: &'static str,
     pub clock: Option<ManualClock>,
@@ -273,6 +275,7 @@ impl Default for Options {
     fn default() -> Self {
         Self {
             extra: String::new(),
+            proxy_extra: String::new(),
             unmatched: "deny",
             clock: None,
             backend: Backend::Sqlite,
@@ -500,7 +503,7 @@ connect_timeout = "1s"
 response_timeout = "1s"
 shutdown_grace = "5s"
 key_header = "X-API-Key"
-
+{proxy_extra}
 [store]
 url = "{store}"
 poll_interval = "50ms"
@@ -524,6 +527,7 @@ on_redis_error = "{on_redis_error}"
             .map(|url| format!("[redis]\nurl = \"{url}\"\n"))
             .unwrap_or_default(),
         extra = options.extra,
+        proxy_extra = options.proxy_extra,
         on_redis_error = options.on_redis_error,
         admin = if options.admin {
             "[admin]\nlisten = \"127.0.0.1:0\"\n"
