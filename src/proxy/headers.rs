@@ -123,6 +123,9 @@ pub struct Forwarded<'a> {
     pub request_id: &'a HeaderValue,
     /// The upstream's `Host`.
     pub host: &'a HeaderValue,
+    /// The authority of an absolute-form request target, which wins over the
+    /// client's `Host` (RFC 9112 §3.2.2).
+    pub authority: Option<&'a http::uri::Authority>,
 }
 
 /// Rewrites request headers for the upstream: strips credentials, hop-by-hop and every
@@ -136,19 +139,28 @@ pub fn prepare_request(
     // Taken before the hop-by-hop sweep: `Connection: host` must not let a client
     // drop Host and have its own X-Forwarded-Host passed on as keygate's.
     let host = headers.remove(header::HOST);
+    let host = match fwd.authority {
+        Some(authority) => HeaderValue::from_str(authority.as_str()).ok(),
+        None => host,
+    };
     headers.remove(HeaderName::from_static("x-forwarded-host"));
     remove_hop_by_hop(headers);
     headers.remove(header::AUTHORIZATION);
     if let Some(name) = key_header {
         headers.remove(name);
     }
+    // Identity headers, and credential headers spelled with `_` (`X_API_Key`), which
+    // frameworks that fold `_` into `-` would read as the credential.
     let spoofed: Vec<HeaderName> = headers
         .keys()
-        .filter(|n| identity.is_identity(n))
+        .filter(|n| identity.is_identity(n) || is_underscored_credential(n, key_header))
         .cloned()
         .collect();
     if !spoofed.is_empty() {
-        tracing::debug!(count = spoofed.len(), "stripped client-sent identity headers");
+        tracing::debug!(
+            count = spoofed.len(),
+            "stripped client-sent identity and credential headers"
+        );
         for name in &spoofed {
             headers.remove(name);
         }
@@ -164,6 +176,19 @@ pub fn prepare_request(
     );
     append_forwarded_for(headers, fwd.peer);
     headers.insert(HeaderName::from_static("x-request-id"), fwd.request_id.clone());
+}
+
+/// The key header spelled with `_` for some `-` (`X_API_Key`).
+fn is_underscored_credential(name: &HeaderName, key_header: Option<&HeaderName>) -> bool {
+    let name = name.as_str().as_bytes();
+    let folds_to = |target: &str| {
+        name.len() == target.len()
+            && name
+                .iter()
+                .zip(target.as_bytes())
+                .all(|(&n, &t)| n == t || (n == b'_' && t == b'-'))
+    };
+    name.contains(&b'_') && key_header.is_some_and(|h| folds_to(h.as_str()))
 }
 
 /// Sets the trusted identity headers for `key` (or `auth-method: none` on a public
@@ -341,6 +366,7 @@ mod tests {
             peer: SocketAddr::from(([127, 0, 0, 1], 5000)),
             request_id: &request_id,
             host: &host,
+            authority: None,
         };
         prepare_request(&mut h, &Identity::default(), None, &fwd);
         h
@@ -363,6 +389,32 @@ mod tests {
             h.get("x-forwarded-host").is_none(),
             "no Host, no X-Forwarded-Host"
         );
+    }
+
+    #[test]
+    fn an_absolute_target_names_the_forwarded_host_and_underscored_key_headers_go() {
+        let mut h = HeaderMap::new();
+        h.insert("host", HeaderValue::from_static("hostile.test"));
+        h.insert("x_api_key", HeaderValue::from_static("kg_live_secret"));
+        h.insert("x_api-key", HeaderValue::from_static("kg_live_secret"));
+        h.insert("x_api_keys", HeaderValue::from_static("other"));
+        let (host, request_id) = (
+            HeaderValue::from_static("api:3000"),
+            HeaderValue::from_static("r1"),
+        );
+        let authority: http::uri::Authority = "evil.example".parse().expect("authority");
+        let fwd = Forwarded {
+            key: None,
+            peer: SocketAddr::from(([127, 0, 0, 1], 5000)),
+            request_id: &request_id,
+            host: &host,
+            authority: Some(&authority),
+        };
+        let key_header = HeaderName::from_static("x-api-key");
+        prepare_request(&mut h, &Identity::default(), Some(&key_header), &fwd);
+        assert_eq!(h["x-forwarded-host"], "evil.example");
+        assert!(h.get("x_api_key").is_none() && h.get("x_api-key").is_none());
+        assert_eq!(h["x_api_keys"], "other", "only the key header's spellings");
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub mod forward;
 pub mod headers;
 pub mod respond;
 pub mod signature;
+pub mod wire;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -287,6 +288,20 @@ async fn handle(shared: &Shared, peer: SocketAddr, req: Request<Incoming>) -> Re
     let live = shared.live.load_full();
     let settings = &live.proxy;
     let request_id = headers::request_id(req.headers());
+    // Refused before any decision: counted, logged, no route.
+    let refuse = |resp: Response<Full<Bytes>>, code: &'static str| {
+        metrics.request("none", code);
+        if settings.access_log {
+            let mut line = access::Line::new(req.method().clone(), req.uri().clone(), &request_id);
+            line.code = code;
+            line.status = resp.status().as_u16();
+            line.write();
+        }
+        resp.map(Either::Right)
+    };
+    if let Err(p) = wire::check(req.version(), req.headers()) {
+        return refuse(respond::error(p.status, p.code, p.message, &request_id), p.code);
+    }
     let asked = match ext_authz::asked(req.method(), req.uri(), req.headers()) {
         Ok(asked) => asked,
         Err(message) => {
@@ -296,14 +311,7 @@ async fn handle(shared: &Shared, peer: SocketAddr, req: Request<Incoming>) -> Re
                 &message,
                 &request_id,
             );
-            metrics.request("none", "invalid_request");
-            if settings.access_log {
-                let mut line = access::Line::new(req.method().clone(), req.uri().clone(), &request_id);
-                line.code = "invalid_request";
-                line.status = resp.status().as_u16();
-                line.write();
-            }
-            return resp.map(Either::Right);
+            return refuse(resp, "invalid_request");
         }
     };
     // A forward-auth call is judged as the request it asks about.
@@ -319,14 +327,7 @@ async fn handle(shared: &Shared, peer: SocketAddr, req: Request<Incoming>) -> Re
     };
     if let Some(retry_after) = shared.failures.blocked(peer.ip(), failed_auth_limit, now_ms) {
         let resp = respond::too_many_failures(retry_after, &request_id);
-        let mut line = access::Line::new(method.clone(), uri.clone(), &request_id);
-        line.code = "too_many_failed_attempts";
-        line.status = resp.status().as_u16();
-        metrics.request("none", line.code);
-        if settings.access_log {
-            line.write();
-        }
-        return resp.map(Either::Right);
+        return refuse(resp, "too_many_failed_attempts");
     }
     let head = RequestHead {
         method,
@@ -399,6 +400,7 @@ async fn handle(shared: &Shared, peer: SocketAddr, req: Request<Incoming>) -> Re
         return resp.map(Either::Right);
     };
     let (mut parts, body) = req.into_parts();
+    let authority = parts.uri.authority().cloned();
     parts.uri = forward::origin_form(&parts.uri);
     parts.version = Version::HTTP_11;
     headers::prepare_request(
@@ -410,6 +412,7 @@ async fn handle(shared: &Shared, peer: SocketAddr, req: Request<Incoming>) -> Re
             peer,
             request_id: &request_id,
             host: &upstream.host,
+            authority: authority.as_ref(),
         },
     );
     if let Some(signer) = &settings.signer {
