@@ -805,3 +805,32 @@ async fn shutdown_drains_requests_in_flight_and_keeps_their_counts() {
         10
     );
 }
+
+/// `[proxy] idle_timeout` closes a kept-alive client connection that sends no next
+/// request; load balancers in front should use a shorter idle timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_client_connection_is_closed_after_idle_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = TestApp::with(Options {
+        proxy_extra: "idle_timeout = \"300ms\"\n".into(),
+        ..Options::default()
+    })
+    .await
+    .expect("SQLite needs no service");
+    let mut stream = tokio::net::TcpStream::connect(app.addr).await.expect("connect");
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .expect("write");
+    let mut buf = vec![0; 64 * 1024];
+    let n = stream.read(&mut buf).await.expect("read");
+    assert!(
+        buf[..n].starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+    // Kept alive, then closed by keygate once idle for 300 ms (well before 5 s).
+    let closed = tokio::time::timeout(std::time::Duration::from_secs(5), stream.read(&mut buf)).await;
+    assert!(matches!(closed, Ok(Ok(0))), "{closed:?}");
+    app.stop().await;
+}

@@ -382,22 +382,7 @@ async fn two_serve_processes_share_one_quota_exactly() {
         redis.url()
     );
     std::fs::write(&config, text).expect("config");
-    let created = std::process::Command::new(env!("CARGO_BIN_EXE_keygate"))
-        .args([
-            "keys", "create", "--name", "shared", "--org", "acme", "--quota", "1000", "--json", "--config",
-        ])
-        .arg(&config)
-        .output()
-        .expect("keys create");
-    assert!(
-        created.status.success(),
-        "{}",
-        String::from_utf8_lossy(&created.stderr)
-    );
-    let key = serde_json::from_slice::<serde_json::Value>(&created.stdout).expect("json")["key"]
-        .as_str()
-        .expect("key")
-        .to_owned();
+    let key = common::create_key_with_cli(&config, &["--name", "shared", "--org", "acme", "--quota", "1000"]);
     let logs = Arc::new(std::sync::Mutex::new(String::new()));
     let (first, addr_a) = common::serve_process(&config, "info", Arc::clone(&logs));
     let (second, addr_b) = common::serve_process(&config, "info", Arc::clone(&logs));

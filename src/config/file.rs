@@ -59,6 +59,9 @@ pub struct Proxy {
     pub pool_size: usize,
     /// Time in-flight requests get to finish after SIGTERM. Default `30s`.
     pub shutdown_grace: Spanned<String>,
+    /// Time a client connection may take to send a request head, counted from the
+    /// end of the previous response on a kept-alive connection. Default `30s`.
+    pub idle_timeout: Spanned<String>,
     /// One access log line per request (target `keygate::access`, INFO). Default true.
     pub access_log: bool,
     /// Failed authentications allowed per client IP per minute before the address
@@ -79,6 +82,7 @@ impl Default for Proxy {
             response_timeout: spanned("60s".into()),
             pool_size: 128,
             shutdown_grace: spanned("30s".into()),
+            idle_timeout: spanned("30s".into()),
             access_log: true,
             max_failed_auth_per_minute: 0,
         }

@@ -210,6 +210,10 @@ fn build(file: &File, env: &dyn Env, check: &mut Check<'_>) -> Config {
     let connect_timeout = check.duration(&p.connect_timeout, "proxy.connect_timeout");
     let response_timeout = check.duration(&p.response_timeout, "proxy.response_timeout");
     let shutdown_grace = check.duration(&p.shutdown_grace, "proxy.shutdown_grace");
+    let idle_timeout = check.duration(&p.idle_timeout, "proxy.idle_timeout");
+    if idle_timeout.is_zero() {
+        check.error(p.idle_timeout.span(), "proxy.idle_timeout must be more than 0s");
+    }
     if p.pool_size == 0 {
         check.error(0..0, "proxy.pool_size must be at least 1");
     }
@@ -327,6 +331,7 @@ fn build(file: &File, env: &dyn Env, check: &mut Check<'_>) -> Config {
             response_timeout,
             pool_size: p.pool_size.max(1),
             shutdown_grace,
+            idle_timeout,
             identity,
             key_header: key_header.clone(),
             access_log: p.access_log,

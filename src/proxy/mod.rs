@@ -53,6 +53,9 @@ pub struct Settings {
     pub pool_size: usize,
     /// Drain time after shutdown is asked for.
     pub shutdown_grace: Duration,
+    /// Time a client has to send a request head, from the connection's start or the
+    /// end of its previous response (hyper's header read timeout covers both).
+    pub idle_timeout: Duration,
     /// Identity header names.
     pub identity: Identity,
     /// Extra key header, stripped before forwarding.
@@ -239,7 +242,6 @@ async fn worker(listener: std::net::TcpListener, shared: Arc<Shared>, mut stoppe
     };
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(30))
         .max_buf_size(16 * 1024)
         .max_headers(100);
     let graceful = GracefulShutdown::new();
@@ -256,6 +258,7 @@ async fn worker(listener: std::net::TcpListener, shared: Arc<Shared>, mut stoppe
                     }
                 };
                 let _ = stream.set_nodelay(true);
+                http.header_read_timeout(shared.live.load().proxy.idle_timeout);
                 let shared = Arc::clone(&shared);
                 let service = service_fn(move |req| {
                     let shared = Arc::clone(&shared);

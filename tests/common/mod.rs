@@ -642,6 +642,26 @@ pub fn serve_process_with(
     (child, addr)
 }
 
+/// `keygate keys create ARGS --json --config CONFIG` as a process; returns the key.
+pub fn create_key_with_cli(config: &std::path::Path, args: &[&str]) -> String {
+    let created = std::process::Command::new(env!("CARGO_BIN_EXE_keygate"))
+        .args(["keys", "create"])
+        .args(args)
+        .args(["--json", "--config"])
+        .arg(config)
+        .output()
+        .expect("keys create");
+    assert!(
+        created.status.success(),
+        "{}",
+        String::from_utf8_lossy(&created.stderr)
+    );
+    serde_json::from_slice::<Value>(&created.stdout).expect("JSON")["key"]
+        .as_str()
+        .expect("key")
+        .to_owned()
+}
+
 /// Sends SIGTERM and checks the process exits 0.
 pub fn terminate(mut child: std::process::Child) {
     let killed = std::process::Command::new("kill")
