@@ -23,8 +23,10 @@
 #                       other keygate rows log at warn, like the anchors' access_log off.
 #   keygate-redis       the same keygate and config (its own copy of the same SQLite
 #                       store, same keys) plus a [redis] table: key records in Redis as
-#                       L2 (only asked on an L1 miss) and the quota counted in Redis by one
-#                       script call (EVALSHA: GET, INCRBY) per request; on_redis_error =
+#                       L2 (only asked on an L1 miss) and the quota counted in Redis through
+#                       leases: one script call (EVALSHA) hands a replica a block of up to
+#                       64 units, admitted in-process, so about 1/64 call per request;
+#                       exact across replicas (tests/shared_state.rs); on_redis_error =
 #                       "deny", so a broken Redis answers 503 and is flagged (the anchor
 #                       also fails closed) instead of silently counting locally
 #   nginx-lua-redis     (ANCHORS_RUN=1) the Kong/OpenResty way: Bearer parse, SHA-256,
@@ -43,9 +45,9 @@
 # "A fair comparison").
 # It also reports CPU µs per request of the keygate, bare_hop, nginx and redis-server
 # processes (utime+stime from /proc/PID/stat, nginx master + workers, over the whole
-# run / requests wrk completed), and checks in Redis' INFO commandstats that
-# keygate-redis (EVALSHA/EVAL) and nginx-lua-redis (INCR) really made one Redis quota
-# call per completed request; if not, the run is flagged.
+# run / requests wrk completed), and reports from Redis' INFO commandstats the quota
+# calls per completed request: keygate-redis (EVALSHA/EVAL, leases: flagged if it made
+# none, or 0.05 or more per request) and nginx-lua-redis (INCR: flagged below one).
 #
 # The figures are ratios and medians from ONE interleaved run on this machine
 # (../shared/bench-anchors/README.md, "A fair comparison"): quote them next to
@@ -477,8 +479,9 @@ below_one() { awk -v c="$1" -v n="$2" 'BEGIN { exit !(n == 0 || c < 0.99 * n) }'
 echo
 n_kgr="$(requests keygate-redis)"
 echo "Redis quota calls per completed request: keygate-redis EVALSHA/EVAL $(per_req $((evalsha1 - evalsha0)) "$n_kgr") ($((evalsha1 - evalsha0)) calls)${NGL_PID:+, nginx-lua-redis INCR $(per_req $((incr1 - incr0)) "$(requests nginx-lua-redis)") ($((incr1 - incr0)) calls)}"
-if below_one $((evalsha1 - evalsha0)) "$n_kgr"; then
-    warn "keygate-redis made fewer Redis quota calls than it answered requests: it did not count in Redis per request; its row is not a measurement of Redis mode (log: $TMP/keygate-redis.log)"
+if [ $((evalsha1 - evalsha0)) -eq 0 ] ||
+    ! awk -v c=$((evalsha1 - evalsha0)) -v n="$n_kgr" 'BEGIN { exit !(n > 0 && c < 0.05 * n) }'; then
+    warn "keygate-redis made no Redis quota calls, or 0.05 or more per request (leases should make about 1/64): its row is not a measurement of Redis mode (log: $TMP/keygate-redis.log)"
     [ "$rc" = 0 ] && rc=3
 fi
 if [ -n "$NGL_PID" ] && below_one $((incr1 - incr0)) "$(requests nginx-lua-redis)"; then
@@ -493,7 +496,7 @@ fi
 
 echo
 echo "CPU: utime+stime from /proc/PID/stat over the whole run (idle time while other targets ran included), CLK_TCK=$TCK; requests: wrk's completed count summed over rounds; the Redis targets' own rows leave out Redis' CPU (its row)"
-echo "keygate: $NKEYS keys rotated (warm L1, TTL 30 s), 2 workers + 1 control thread; keygate-localquota: embedded SQLite store, local quota; keygate-redis: same + Redis L2 (TTL 60 s) and quota by one EVALSHA per request, on_redis_error=deny; bare_hop: 2-worker multi-thread runtime, hyper-util legacy Client"
+echo "keygate: $NKEYS keys rotated (warm L1, TTL 30 s), 2 workers + 1 control thread; keygate-localquota: embedded SQLite store, local quota; keygate-redis: same + Redis L2 (TTL 60 s) and quota leased from Redis in blocks of up to 64 (one EVALSHA per lease), on_redis_error=deny; bare_hop: 2-worker multi-thread runtime, hyper-util legacy Client"
 if [ -n "$NGL_PID" ]; then
     echo "nginx anchors: 2 workers, keep-alive upstream pool; nginx-lua-redis: $NKEYS seeded keys rotated (per-worker lrucache, TTL 30 s), INCR+EXPIRE pipeline per request; one private in-memory Redis for both Redis targets"
 else

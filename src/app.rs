@@ -225,6 +225,8 @@ impl App {
         for task in self.tasks {
             let _ = task.await;
         }
+        // Unused quota leases go back to Redis before the last counts are written.
+        self.counters.release_leases(None).await;
         let flushed = self.counters.flush(self.clock.now()).await;
         self.store.close().await;
         flushed.context("cannot write the final quota counts")

@@ -88,6 +88,74 @@ async fn two_replicas_share_one_quota_exactly() {
     a.stop().await;
 }
 
+/// Quota script calls (EVALSHA/EVAL) Redis has served so far.
+async fn quota_calls(redis: &RedisServer) -> u64 {
+    let client = redis::Client::open(redis.url()).expect("client");
+    let mut conn = client.get_multiplexed_async_connection().await.expect("connect");
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut conn)
+        .await
+        .expect("INFO");
+    info.lines()
+        .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
+        .filter_map(|l| l.split(['=', ',']).nth(1)?.parse::<u64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leased_quota_needs_few_redis_calls_and_unused_leases_go_back() {
+    let Some((redis, a, b)) = pair("local").await else {
+        return;
+    };
+    let (key, record) = a.key(acme(1_000_000)).await;
+    let before = quota_calls(&redis).await;
+    let mut tasks = Vec::new();
+    for i in 0..32 {
+        let (client, url, key) = (
+            a.client.clone(),
+            [a.url(ITEMS), b.url(ITEMS)][i % 2].clone(),
+            key.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..100 {
+                let resp = client.get(&url).bearer_auth(&key).send().await.expect("request");
+                assert_eq!(resp.status(), 200);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("client");
+    }
+    let calls = quota_calls(&redis).await - before;
+    eprintln!(
+        "2 replicas x 16 clients, 3200 requests: {calls} Redis quota calls, {:.4} per request",
+        calls as f64 / 3200.0
+    );
+    assert!(
+        calls * 20 < 3200,
+        "{calls} calls for 3200 requests: not below 0.05 per request"
+    );
+    // Leases unused for a second go back: the shared count settles at what was used.
+    let client = redis::Client::open(redis.url()).expect("client");
+    let mut conn = client.get_multiplexed_async_connection().await.expect("connect");
+    let counter = format!("keygate:quota:{}:{}", record.id, month_start());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let used: Option<u64> = redis::AsyncCommands::get(&mut conn, &counter).await.expect("GET");
+        if used == Some(3200) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "shared count {used:?}, want 3200 once leases are back"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    b.stop().await;
+    a.stop().await;
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[i]

@@ -1,9 +1,12 @@
 //! Quotas: a per-key budget per period.
 //!
 //! Embedded mode counts in-process with one atomic per key and period. Redis mode
-//! charges a shared counter per key and period with a server-side script (exact
-//! across replicas) and falls back by `[quota] on_redis_error` while Redis is
-//! unreachable. Either way counts are written to the admin store in batches (and at
+//! leases blocks of budget from a shared counter per key and period with a
+//! server-side script and admits from the block in-process: never more than the limit
+//! across replicas, about one Redis call per [`redis::MAX_BLOCK`] requests. Leases
+//! unused for a second go back to Redis, and all of them at shutdown; a replica that
+//! crashes loses its unused leases (at most `MAX_BLOCK` units per key it was
+//! serving). It falls back by `[quota] on_redis_error` while Redis is unreachable. Either way counts are written to the admin store in batches (and at
 //! shutdown) so a restart or a lost Redis loses no count; the same batch writes each
 //! key's last-used time.
 //!
@@ -100,6 +103,12 @@ struct Counter {
     used: AtomicU64,
     /// Units charged here while Redis was unreachable, not yet pushed to it.
     pending: AtomicU64,
+    /// Units leased from Redis and not used yet (Redis mode).
+    lease: AtomicU64,
+    /// When the lease was last drawn from.
+    lease_drawn_ms: AtomicI64,
+    /// One lease request in flight per counter.
+    leasing: tokio::sync::Mutex<()>,
     persisted: AtomicU64,
     last_used_ms: AtomicI64,
     last_used_persisted_ms: AtomicI64,
@@ -186,17 +195,27 @@ impl Counters {
         let Some(redis) = &self.redis else {
             return charge_local(&counter, cost, limit).map(usage).ok_or(exceeded);
         };
-        let seed = seed(&counter);
-        let failure = match redis::charge(redis, key.id, window, cost, limit, seed).await {
-            Ok(charged) => {
-                counter.used.fetch_max(charged.used, Ordering::AcqRel);
-                return if charged.admitted {
-                    Ok(usage(charged.used))
-                } else {
-                    Err(exceeded)
-                };
+        let failure = loop {
+            if take(&counter.lease, cost) {
+                counter
+                    .lease_drawn_ms
+                    .store(now.timestamp_millis(), Ordering::Relaxed);
+                return Ok(usage(counter.used_here()));
             }
-            Err(e) => e,
+            let _turn = counter.leasing.lock().await;
+            if counter.lease.load(Ordering::Acquire) >= cost {
+                continue; // another request just leased
+            }
+            match redis::lease(redis, key.id, window, cost, limit, seed(&counter)).await {
+                Ok(leased) => {
+                    counter.used.fetch_max(leased.used, Ordering::AcqRel);
+                    if leased.granted == 0 {
+                        return Err(exceeded);
+                    }
+                    counter.lease.fetch_add(leased.granted, Ordering::AcqRel);
+                }
+                Err(e) => break e,
+            }
         };
         match self.settings.on_redis_error {
             OnRedisError::Deny => Err(Error::Unavailable(failure)),
@@ -230,7 +249,7 @@ impl Counters {
             .map
             .get(&(key.id, window.start.timestamp()))
             .filter(|c| c.loaded.load(Ordering::Acquire))
-            .map(|c| c.used.load(Ordering::Acquire));
+            .map(|c| c.used_here());
         let used = match local {
             Some(used) => used,
             None => self.store.usage(key.id, window.start.timestamp()).await?,
@@ -247,6 +266,9 @@ impl Counters {
             Arc::new(Counter {
                 used: AtomicU64::new(0),
                 pending: AtomicU64::new(0),
+                lease: AtomicU64::new(0),
+                lease_drawn_ms: AtomicI64::new(0),
+                leasing: tokio::sync::Mutex::new(()),
                 persisted: AtomicU64::new(0),
                 last_used_ms: AtomicI64::new(0),
                 last_used_persisted_ms: AtomicI64::new(0),
@@ -286,6 +308,39 @@ impl Counters {
         }
     }
 
+    /// Gives leases back to Redis: those not drawn from since `idle_since_ms`, or all
+    /// of them (`None`, at shutdown).
+    pub async fn release_leases(&self, idle_since_ms: Option<i64>) {
+        let Some(redis) = &self.redis else { return };
+        let idle: Vec<_> = self
+            .map
+            .iter()
+            .filter(|e| {
+                let c = e.value();
+                c.lease.load(Ordering::Acquire) > 0
+                    && idle_since_ms.is_none_or(|t| c.lease_drawn_ms.load(Ordering::Relaxed) < t)
+            })
+            .map(|e| (e.key().0, Arc::clone(e.value())))
+            .collect();
+        for (id, c) in idle {
+            let _turn = c.leasing.lock().await;
+            let units = c.lease.swap(0, Ordering::AcqRel);
+            if units == 0 {
+                continue;
+            }
+            match redis::release(redis, id, c.window, units).await {
+                // What this process knows of the shared count is still an upper bound.
+                Ok(_) => {}
+                Err(e) => {
+                    // Kept: it goes back on a later try, or is used here.
+                    c.lease.fetch_add(units, Ordering::AcqRel);
+                    tracing::debug!(error = %e, "cannot give a quota lease back yet");
+                    return;
+                }
+            }
+        }
+    }
+
     /// Pushes counts charged while Redis was unreachable, writes changed counts and
     /// last-used times to the store, then forgets counters of periods that ended
     /// before `now`.
@@ -293,13 +348,14 @@ impl Counters {
     /// # Errors
     /// When the store write fails; nothing is marked written then, so the next flush retries.
     pub async fn flush(&self, now: DateTime<Utc>) -> Result<(), store::Error> {
+        self.release_leases(Some(now.timestamp_millis() - 1000)).await;
         self.reconcile().await;
         let mut usage = Vec::new();
         let mut last_used = Vec::new();
         let mut marks = Vec::new();
         for entry in &self.map {
             let ((id, start), c) = entry.pair();
-            let used = c.used.load(Ordering::Acquire);
+            let used = c.used_here();
             let seen = c.last_used_ms.load(Ordering::Relaxed);
             let dirty_usage = used != c.persisted.load(Ordering::Acquire);
             let dirty_seen = seen > c.last_used_persisted_ms.load(Ordering::Relaxed);
@@ -328,7 +384,8 @@ impl Counters {
         self.map.retain(|_, c| {
             c.window.end.timestamp_millis() > now_ms
                 || c.pending.load(Ordering::Acquire) > 0
-                || c.used.load(Ordering::Acquire) != c.persisted.load(Ordering::Acquire)
+                || c.lease.load(Ordering::Acquire) > 0
+                || c.used_here() != c.persisted.load(Ordering::Acquire)
         });
         Ok(())
     }
@@ -357,6 +414,23 @@ impl Counters {
             }
         }
     }
+}
+
+impl Counter {
+    /// Units used in the period as known here: the shared count last seen (which
+    /// counts every replica's unused leases) less this process's own unused lease.
+    fn used_here(&self) -> u64 {
+        self.used
+            .load(Ordering::Acquire)
+            .saturating_sub(self.lease.load(Ordering::Acquire))
+    }
+}
+
+/// Takes `cost` units from `lease` if it holds them.
+fn take(lease: &AtomicU64, cost: u64) -> bool {
+    lease
+        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |l| l.checked_sub(cost))
+        .is_ok()
 }
 
 /// The count a missing Redis counter starts from: what the store knows, minus what
