@@ -6,6 +6,7 @@
 //!
 //!   cargo test --release --test soak -- --ignored --nocapture
 //!   KEYGATE_SOAK_SECS=60 cargo test --test soak -- --ignored --nocapture   # shorter
+//!   KEYGATE_SOAK_CHURN=0 ...                                               # no key churn
 
 #[macro_use]
 mod common;
@@ -99,6 +100,9 @@ async fn ten_minutes_of_load_with_key_churn() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(600);
+    // KEYGATE_SOAK_CHURN=0: the same load without key churn (to tell what memory
+    // growth comes from).
+    let churn = std::env::var("KEYGATE_SOAK_CHURN").as_deref() != Ok("0");
     let echo = Echo::start().await;
     let dir = tempfile::tempdir().expect("temp dir");
     let (proxy_port, admin_port) = (free_port(), free_port());
@@ -184,10 +188,17 @@ async fn ten_minutes_of_load_with_key_churn() {
     tokio::time::sleep(Duration::from_secs(5)).await;
     let rss_start = rss_kib(pid);
     let mut samples = vec![rss_start];
-    let mut churned = 0;
+    let (mut churned, mut seconds) = (0, 0);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     while Instant::now() < deadline {
         tick.tick().await;
+        seconds += 1;
+        if seconds % 60 == 0 {
+            samples.push(rss_kib(pid));
+        }
+        if !churn {
+            continue;
+        }
         let new = admin.create(&format!("soak-churn-{churned}")).await;
         let old = {
             let mut keys = keys.lock().expect("keys");
@@ -214,9 +225,6 @@ async fn ten_minutes_of_load_with_key_churn() {
             tally.unexpected.fetch_add(1, Ordering::Relaxed);
         }
         churned += 1;
-        if churned % 60 == 0 {
-            samples.push(rss_kib(pid));
-        }
     }
     for c in clients {
         c.await.expect("client");
