@@ -93,6 +93,7 @@ threads = [threading.Thread(target=work, args=(n // 8 + (1 if i < n % 8 else 0),
 [t.start() for t in threads]; [t.join() for t in threads]
 open(out, "w").write("\n".join(keys) + "\n")
 PY
+echo "RSS after creating $NKEYS keys through the admin API (none used yet): $(rss) KiB"
 python3 - "$PX" "$TMP/keys.txt" <<'PY'
 import http.client, sys, threading
 port, path = int(sys.argv[1]), sys.argv[2]
