@@ -161,10 +161,7 @@ impl Nginx {
             return None;
         };
         let dir = tempfile::tempdir().expect("temp dir");
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
+        let port = common::services::free_port();
         let addr = format!("127.0.0.1:{port}");
         let example = std::fs::read_to_string(concat!(
             env!("CARGO_MANIFEST_DIR"),

@@ -23,13 +23,6 @@ const CLIENTS: usize = 16;
 /// Pause between one client's requests: ~1,600 requests/s in all at most.
 const PACE: Duration = Duration::from_millis(10);
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
-}
-
 /// Resident set size of `pid`, in KiB.
 fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -105,7 +98,7 @@ async fn ten_minutes_of_load_with_key_churn() {
     let churn = std::env::var("KEYGATE_SOAK_CHURN").as_deref() != Ok("0");
     let echo = Echo::start().await;
     let dir = tempfile::tempdir().expect("temp dir");
-    let (proxy_port, admin_port) = (free_port(), free_port());
+    let (proxy_port, admin_port) = (common::services::free_port(), common::services::free_port());
     let config = dir.path().join("keygate.toml");
     std::fs::write(
         &config,

@@ -46,7 +46,7 @@ impl ApiError {
         let mut e = Self::new(
             StatusCode::TOO_MANY_REQUESTS,
             "too_many_failed_attempts",
-            "too many failed authentication attempts from this address; retry later",
+            crate::proxy::respond::TOO_MANY_FAILURES,
         );
         e.retry_after = Some(retry_after);
         e

@@ -71,13 +71,16 @@ pub fn rejection(r: &Rejection, request_id: &HeaderValue, policy: &StatusPolicy)
     resp
 }
 
+/// The message of 429 `too_many_failed_attempts`, on the data plane and the admin API.
+pub const TOO_MANY_FAILURES: &str = "too many failed authentication attempts from this address; retry later";
+
 /// 429 `too_many_failed_attempts`: the client's address failed to authenticate too
 /// often this minute (`[proxy] max_failed_auth_per_minute`).
 pub fn too_many_failures(retry_after: u64, request_id: &HeaderValue) -> Response<Full<Bytes>> {
     let mut resp = error(
         StatusCode::TOO_MANY_REQUESTS,
         "too_many_failed_attempts",
-        "too many failed authentication attempts from this address; retry later",
+        TOO_MANY_FAILURES,
         request_id,
     );
     resp.headers_mut()
