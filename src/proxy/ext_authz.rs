@@ -115,11 +115,7 @@ pub(super) fn allow(
     let h = resp.headers_mut();
     headers::insert_identity(h, &settings.identity, grant.key.as_deref());
     headers::prepare_response(h, grant.usage.as_ref(), request_id, now);
-    if let Some(signer) = &settings.signer {
-        let target = asked.uri.path_and_query().map_or("/", |p| p.as_str());
-        let value = signer.sign(&settings.identity, &asked.method, target, h, now.timestamp());
-        h.insert(settings.identity.signature().clone(), value);
-    }
+    settings.sign(&asked.method, &asked.uri, h, now);
     resp
 }
 

@@ -20,7 +20,8 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use http::header::{HeaderName, HeaderValue};
+use chrono::{DateTime, Utc};
+use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, Version};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
@@ -66,6 +67,24 @@ pub struct Settings {
     pub signer: Option<signature::Signer>,
     /// Failed authentications per client IP per minute before 429; 0 = unlimited.
     pub max_failed_auth_per_minute: u32,
+}
+
+impl Settings {
+    /// With `[identity] signing_key` set, adds the signature over `method`, `uri`'s
+    /// path and query, and the identity and request id already in `headers`.
+    pub(crate) fn sign(
+        &self,
+        method: &http::Method,
+        uri: &http::Uri,
+        headers: &mut HeaderMap,
+        now: DateTime<Utc>,
+    ) {
+        if let Some(signer) = &self.signer {
+            let target = uri.path_and_query().map_or("/", |p| p.as_str());
+            let value = signer.sign(&self.identity, method, target, headers, now.timestamp());
+            headers.insert(self.identity.signature().clone(), value);
+        }
+    }
 }
 
 /// What a config reload replaces, as one value. A request reads the snapshot once,
@@ -418,12 +437,7 @@ async fn handle(shared: &Shared, peer: SocketAddr, req: Request<Incoming>) -> Re
             authority: authority.as_ref(),
         },
     );
-    if let Some(signer) = &settings.signer {
-        let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-        let now = shared.clock.now().timestamp();
-        let value = signer.sign(&settings.identity, &parts.method, target, &parts.headers, now);
-        parts.headers.insert(settings.identity.signature().clone(), value);
-    }
+    settings.sign(&parts.method, &parts.uri, &mut parts.headers, shared.clock.now());
     let limits = forward::Limits {
         connect: settings.connect_timeout,
         response: settings.response_timeout,
