@@ -19,16 +19,9 @@ ANCHORS="${ANCHORS:-$ROOT/../shared/bench-anchors}"
 SECS="${SECS:-10}"
 NKEYS="${NKEYS:-100000}"
 command -v wrk >/dev/null || { echo "flood.sh: wrk not found (apt-get install wrk)" >&2; exit 1; }
-TMP="$(mktemp -d /tmp/kg-flood.XXXXXX)"
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$TMP"; }
-trap cleanup EXIT
-
-(cd "$ROOT" && cargo build --release --bin keygate --example bench_upstream --example unknown_keys) >&2
-T="${CARGO_TARGET_DIR:-$ROOT/target}/release"
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-UP=$(port); PX=$(port); AD=$(port)
-ADDR="127.0.0.1:$UP" "$T/examples/bench_upstream" >"$TMP/up.log" 2>&1 & PIDS+=($!)
+NAME=flood EXAMPLES=unknown_keys
+# shellcheck source=benches/rig.sh
+. "$ROOT/benches/rig.sh"
 cat >"$TMP/keygate.toml" <<TOML
 [proxy]
 listen = "127.0.0.1:$PX"
@@ -47,10 +40,8 @@ path = "/v1/orgs/{org}/items/**"
 scopes = ["read"]
 org_param = "org"
 TOML
-key() { RUST_LOG=warn "$T/keygate" keys create --config "$TMP/keygate.toml" --name "$1" --org acme --scopes read --json |
-    python3 -c 'import json,sys; print(json.load(sys.stdin)["key"])'; }
-VALID=$(key valid)
-key second >"$TMP/valid.txt"
+VALID=$(key --name valid --org acme --scopes read)
+key --name second --org acme --scopes read >"$TMP/valid.txt"
 "$T/examples/unknown_keys" "$NKEYS" >"$TMP/unknown.txt"
 RUST_LOG=warn "$T/keygate" serve --config "$TMP/keygate.toml" >"$TMP/keygate.log" 2>&1 & PIDS+=($!)
 for _ in $(seq 50); do curl -s -o /dev/null "http://127.0.0.1:$PX/" && break; sleep 0.1; done

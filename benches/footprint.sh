@@ -14,18 +14,12 @@ ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 NKEYS="${NKEYS:-100000}"
 CONNS="${CONNS:-10000}"
 IDLE="${IDLE:-10}"
-TMP="$(mktemp -d /tmp/kg-footprint.XXXXXX)"
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$TMP"; }
-trap cleanup EXIT
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 [ "$(ulimit -n)" -gt $((CONNS + 1000)) ] || { echo "footprint.sh: ulimit -n $(ulimit -n) is too low for CONNS=$CONNS" >&2; exit 1; }
 
-(cd "$ROOT" && cargo build --release --bin keygate --example bench_upstream) >&2
-T="${CARGO_TARGET_DIR:-$ROOT/target}/release"
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-UP=$(port); PX=$(port); AD=$(port)
-ADDR="127.0.0.1:$UP" "$T/examples/bench_upstream" >"$TMP/up.log" 2>&1 & PIDS+=($!)
+NAME=footprint
+# shellcheck source=benches/rig.sh
+. "$ROOT/benches/rig.sh"
 cat >"$TMP/keygate.toml" <<TOML
 [proxy]
 listen = "127.0.0.1:$PX"
@@ -46,13 +40,11 @@ path = "/v1/orgs/{org}/items/**"
 scopes = ["read"]
 org_param = "org"
 TOML
-ADMIN=$(RUST_LOG=warn "$T/keygate" keys create --config "$TMP/keygate.toml" --name footprint-admin --scopes admin --json |
-    python3 -c 'import json,sys; print(json.load(sys.stdin)["key"])')
+ADMIN=$(key --name footprint-admin --scopes admin)
 URL="http://127.0.0.1:$PX/v1/orgs/acme/items/1"
 
 # --- start-up: spawn, then poll with a valid key until the first 200 ------------------
-VALID=$(RUST_LOG=warn "$T/keygate" keys create --config "$TMP/keygate.toml" --name first --org acme --scopes read --quota 1000000000 --json |
-    python3 -c 'import json,sys; print(json.load(sys.stdin)["key"])')
+VALID=$(key --name first --org acme --scopes read --quota 1000000000)
 python3 - "$T/keygate" "$TMP/keygate.toml" "$URL" "$VALID" >"$TMP/startup.txt" <<'PY'
 import subprocess, sys, time, urllib.request
 exe, config, url, key = sys.argv[1:]

@@ -1,0 +1,21 @@
+# Shared set-up of benches/flood.sh and benches/footprint.sh; source it after setting
+# ROOT and NAME. It builds keygate and bench_upstream in release (plus EXAMPLES),
+# starts the upstream on UP, picks free ports PX (proxy) and AD (admin), keeps
+# temporary files in TMP, and stops every process in PIDS on exit. The caller
+# writes $TMP/keygate.toml; `key ARGS...` then creates a key with the CLI and
+# prints it.
+TMP="$(mktemp -d "/tmp/kg-$NAME.XXXXXX")"
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$TMP"; }
+trap cleanup EXIT
+example_flags=()
+for e in ${EXAMPLES:-}; do example_flags+=(--example "$e"); done
+(cd "$ROOT" && cargo build --release --bin keygate --example bench_upstream "${example_flags[@]}") >&2
+T="${CARGO_TARGET_DIR:-$ROOT/target}/release"
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+UP=$(port); PX=$(port); AD=$(port)
+ADDR="127.0.0.1:$UP" "$T/examples/bench_upstream" >"$TMP/up.log" 2>&1 & PIDS+=($!)
+key() {
+    RUST_LOG=warn "$T/keygate" keys create --config "$TMP/keygate.toml" "$@" --json |
+        python3 -c 'import json,sys; print(json.load(sys.stdin)["key"])'
+}
