@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# Before/after figure for one change to keygate's data path: the binary built from
+# this tree (B) against an earlier build (A), interleaved in one run.
+#
+#   cp target/release/keygate /tmp/keygate-before     # before the change
+#   ... change, commit ...
+#   A=/tmp/keygate-before benches/ab.sh               # ROUNDS=5 SECS=10 by default
+#
+# Both serve the same config (embedded SQLite store, local quota, 2 workers, access
+# log off, the items route of benches/load.sh) from their own copy of one store with
+# NKEYS keys, in front of the same 1-thread upstream. Each round runs wrk -t1 -c64
+# with the keys rotated (bench-anchors' wrk-keys.lua) against A, then B, so drift on
+# a shared machine hits both alike. It prints per round and as medians: req/s, p99
+# and the CPU µs per request of each keygate process (utime+stime from /proc over
+# its rounds ÷ requests wrk completed), then the ratios B/A. A figure for
+# docs/performance.md is the ratio of one run, never the absolute numbers.
+set -euo pipefail
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+NAME=ab
+A="${A:?set A to the keygate binary to compare against}"
+ROUNDS="${ROUNDS:-5}" SECS="${SECS:-10}" NKEYS="${NKEYS:-1000}"
+LUA="${ANCHORS:-$ROOT/../shared/bench-anchors}/wrk-keys.lua"
+[ -x "$A" ] || { echo "ab.sh: $A is not an executable" >&2; exit 1; }
+[ -f "$LUA" ] || { echo "ab.sh: $LUA not found (set ANCHORS)" >&2; exit 1; }
+# shellcheck source=benches/rig.sh
+source "$ROOT/benches/rig.sh"
+B="$T/keygate"
+PA=$(port); PB=$(port); AA=$(port); AB=$(port)
+config() { # PROXY ADMIN DB
+    cat <<EOF
+[proxy]
+listen = "127.0.0.1:$1"
+upstream = "http://127.0.0.1:$UP"
+workers = 2
+
+[admin]
+listen = "127.0.0.1:$2"
+
+[store]
+url = "sqlite://$3"
+
+[quota]
+limit = 1000000000
+period = "month"
+
+[[route]]
+name = "items"
+methods = ["GET"]
+path = "/v1/orgs/{org}/items/**"
+scopes = ["read"]
+org_param = "org"
+EOF
+}
+config "$PA" "$AA" "$TMP/a.db" >"$TMP/keygate.toml"
+config "$PB" "$AB" "$TMP/b.db" >"$TMP/b.toml"
+for ((i = 0; i < NKEYS; i++)); do key --name "ab-$i" --org acme --scopes read; done >"$TMP/keys.txt"
+cp "$TMP/a.db" "$TMP/b.db"
+RUST_LOG=warn "$A" serve --config "$TMP/keygate.toml" >"$TMP/a.log" 2>&1 & PIDS+=($!); PIDA=$!
+RUST_LOG=warn "$B" serve --config "$TMP/b.toml" >"$TMP/b.log" 2>&1 & PIDS+=($!); PIDB=$!
+for p in "$PA" "$PB"; do
+    for ((i = 0; i < 100; i++)); do curl -s -o /dev/null "http://127.0.0.1:$p/" && break; sleep 0.05; done
+done
+cpu() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+run() { # PORT SECS -> "req/s p99ms requests"
+    wrk -t1 -c64 -d"$2s" --latency -s "$LUA" "http://127.0.0.1:$1/v1/orgs/acme/items/1" -- "$TMP/keys.txt" |
+        awk '/requests in/ {n=$1} /Requests\/sec/ {r=$2} /^ +99%/ {v=$2; if (v ~ /us$/) p=v/1000; else if (v ~ /ms$/) p=v+0; else p=v*1000}
+             /Non-2xx/ {bad=$4} END {if (bad) {print "ab.sh: non-2xx responses" > "/dev/stderr"; exit 3}; printf "%s %.2f %s\n", r, p, n}'
+}
+run "$PA" 2 >/dev/null; run "$PB" 2 >/dev/null   # warm L1 and the upstream pools
+declare -A cpu_s reqs
+printf '%-5s %-3s %10s %8s\n' round bin 'req/s' 'p99 ms'
+for ((r = 1; r <= ROUNDS; r++)); do
+    for side in A B; do
+        if [ "$side" = A ]; then port=$PA pid=$PIDA; else port=$PB pid=$PIDB; fi
+        before=$(cpu "$pid")
+        read -r rps p99 n < <(run "$port" "$SECS")
+        cpu_s[$side]=$(( ${cpu_s[$side]:-0} + $(cpu "$pid") - before ))
+        reqs[$side]=$(( ${reqs[$side]:-0} + n ))
+        printf '%-5s %-3s %10s %8s\n' "$r" "$side" "$rps" "$p99" | tee -a "$TMP/rounds.txt"
+    done
+done
+tck=$(getconf CLK_TCK)
+python3 - "$TMP/rounds.txt" "${cpu_s[A]}" "${reqs[A]}" "${cpu_s[B]}" "${reqs[B]}" "$tck" <<'EOF'
+import statistics, sys
+rows = [l.split() for l in open(sys.argv[1])]
+med = lambda side, col: statistics.median(float(r[col]) for r in rows if r[1] == side)
+ticks_a, n_a, ticks_b, n_b, tck = map(int, sys.argv[2:7])
+us = {"A": ticks_a / tck / n_a * 1e6, "B": ticks_b / tck / n_b * 1e6}
+print()
+print(f"{'':4} {'req/s (med)':>12} {'p99 ms (med)':>13} {'CPU µs/req':>11}")
+for s in "AB":
+    print(f"{s:4} {med(s, 2):12.0f} {med(s, 3):13.2f} {us[s]:11.1f}")
+print(f"B/A  {med('B', 2) / med('A', 2):11.3f}x {med('B', 3) / med('A', 3):12.3f}x {us['B'] / us['A']:10.3f}x")
+EOF
