@@ -135,3 +135,58 @@ async fn refused_requests_do_not_count(backend: Backend) {
     assert_eq!(resp.headers()["ratelimit-remaining"], "2");
     app.stop().await;
 }
+
+both_stores!(one_flush_writes_many_keys_and_never_moves_a_count_or_last_use_back);
+async fn one_flush_writes_many_keys_and_never_moves_a_count_or_last_use_back(backend: Backend) {
+    use keygate::store::{Store, UsageRow};
+    let Some(app) = TestApp::on(backend).await else {
+        return;
+    };
+    let mut ids = Vec::new();
+    for _ in 0..300 {
+        ids.push(app.key(limited(1_000)).await.1.id);
+    }
+    let store = Store::open(&app.store_url()).await.expect("store");
+    let (period, other_period) = (1_700_000_000, 1_702_592_000);
+    let later: DateTime<Utc> = "2026-05-02T10:00:00Z".parse().expect("time");
+    let earlier = later - Duration::hours(1);
+    let rows = |used: fn(usize) -> u64, start: i64| -> Vec<UsageRow> {
+        ids.iter()
+            .enumerate()
+            .map(|(i, &key_id)| UsageRow {
+                key_id,
+                period_start: start,
+                used: used(i),
+            })
+            .collect()
+    };
+    let uses = |at: DateTime<Utc>| ids.iter().map(|&id| (id, at)).collect::<Vec<_>>();
+    let mut first = rows(|i| 10 + i as u64, period);
+    first.extend(rows(|_| 3, other_period));
+    store.flush(&first, &uses(later)).await.expect("first flush");
+    // A stale report (a lower count, an older use) changes nothing.
+    store
+        .flush(&rows(|_| 1, period), &uses(earlier))
+        .await
+        .expect("stale flush");
+    for (i, &id) in ids.iter().enumerate() {
+        assert_eq!(
+            store.usage(id, period).await.expect("usage"),
+            10 + i as u64,
+            "key {i}"
+        );
+        assert_eq!(store.usage(id, other_period).await.expect("usage"), 3, "key {i}");
+        let record = store.get(id).await.expect("get").expect("record");
+        assert_eq!(record.last_used_at, Some(later), "key {i}");
+    }
+    // A higher count and a newer use move both forward.
+    store
+        .flush(&rows(|_| 5_000, period), &uses(later + Duration::minutes(1)))
+        .await
+        .expect("newer flush");
+    assert_eq!(store.usage(ids[0], period).await.expect("usage"), 5_000);
+    let record = store.get(ids[299]).await.expect("get").expect("record");
+    assert_eq!(record.last_used_at, Some(later + Duration::minutes(1)));
+    store.close().await;
+    app.stop().await;
+}

@@ -206,25 +206,38 @@ impl Postgres {
         usage: &[UsageRow],
         last_used: &[(Uuid, DateTime<Utc>)],
     ) -> Result<(), Error> {
+        // One statement per table over arrays: a statement per row is a round trip
+        // each. Rows go in key order, so replicas flushing the same keys at once take
+        // their row locks in the same order and cannot deadlock.
+        let mut usage = usage.to_vec();
+        usage.sort_unstable_by_key(|row| (row.key_id, row.period_start));
+        let mut last_used = last_used.to_vec();
+        last_used.sort_unstable_by_key(|(id, _)| *id);
         let mut tx = self.pool.begin().await?;
-        for row in usage {
+        if !usage.is_empty() {
+            let ids: Vec<Uuid> = usage.iter().map(|row| row.key_id).collect();
+            let starts: Vec<i64> = usage.iter().map(|row| row.period_start).collect();
+            let used: Vec<i64> = usage.iter().map(|row| super::to_i64(row.used)).collect();
             // Replicas report the shared count they last saw; the largest report is the truth.
             sqlx::query(
-                "INSERT INTO quota_usage (key_id, period_start, used) VALUES ($1, $2, $3) \
+                "INSERT INTO quota_usage (key_id, period_start, used) \
+                 SELECT * FROM UNNEST($1::uuid[], $2::bigint[], $3::bigint[]) \
                  ON CONFLICT (key_id, period_start) DO UPDATE SET used = GREATEST(quota_usage.used, excluded.used)",
             )
-            .bind(row.key_id)
-            .bind(row.period_start)
-            .bind(super::to_i64(row.used))
+            .bind(ids)
+            .bind(starts)
+            .bind(used)
             .execute(&mut *tx)
             .await?;
         }
-        for (id, at) in last_used {
+        if !last_used.is_empty() {
+            let (ids, ats): (Vec<Uuid>, Vec<DateTime<Utc>>) = last_used.into_iter().unzip();
             sqlx::query(
-                "UPDATE keys SET last_used_at = $2 WHERE id = $1 AND (last_used_at IS NULL OR last_used_at < $2)",
+                "UPDATE keys SET last_used_at = u.at FROM UNNEST($1::uuid[], $2::timestamptz[]) AS u(id, at) \
+                 WHERE keys.id = u.id AND (keys.last_used_at IS NULL OR keys.last_used_at < u.at)",
             )
-            .bind(id)
-            .bind(at)
+            .bind(ids)
+            .bind(ats)
             .execute(&mut *tx)
             .await?;
         }

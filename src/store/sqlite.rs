@@ -212,26 +212,35 @@ impl Sqlite {
         usage: &[UsageRow],
         last_used: &[(Uuid, DateTime<Utc>)],
     ) -> Result<(), Error> {
+        // One statement per table, the rows as a JSON array: a statement per row costs
+        // a round trip to SQLite's worker thread each (docs/performance.md).
+        let usage: Vec<_> = usage
+            .iter()
+            .map(|row| (row.key_id.to_string(), row.period_start, to_i64(row.used)))
+            .collect();
+        let last_used: Vec<_> = last_used
+            .iter()
+            .map(|(id, at)| (id.to_string(), format_ts(*at)))
+            .collect();
         let mut tx = self.pool.begin().await?;
-        for row in usage {
+        if !usage.is_empty() {
             // One writer per SQLite store owns the count, so the larger value is the truth.
             sqlx::query(
-                "INSERT INTO quota_usage (key_id, period_start, used) VALUES ($1, $2, $3) \
+                "INSERT INTO quota_usage (key_id, period_start, used) \
+                 SELECT value ->> 0, value ->> 1, value ->> 2 FROM json_each($1) WHERE true \
                  ON CONFLICT (key_id, period_start) DO UPDATE SET used = MAX(used, excluded.used)",
             )
-            .bind(row.key_id.to_string())
-            .bind(row.period_start)
-            .bind(to_i64(row.used))
+            .bind(sqlx::types::Json(&usage))
             .execute(&mut *tx)
             .await?;
         }
-        for (id, at) in last_used {
+        if !last_used.is_empty() {
             sqlx::query(
-                "UPDATE keys SET last_used_at = $2 WHERE id = $1 \
-                 AND (last_used_at IS NULL OR last_used_at < $2)",
+                "UPDATE keys SET last_used_at = u.value ->> 1 FROM json_each($1) AS u \
+                 WHERE keys.id = u.value ->> 0 \
+                 AND (keys.last_used_at IS NULL OR keys.last_used_at < u.value ->> 1)",
             )
-            .bind(id.to_string())
-            .bind(format_ts(*at))
+            .bind(sqlx::types::Json(&last_used))
             .execute(&mut *tx)
             .await?;
         }
