@@ -104,7 +104,7 @@ impl Decider {
         let presented =
             credential::extract(req.headers, &settings.credentials).map_err(|r| refuse(r.into()))?; // 2 extract
         let now = self.clock.now();
-        let key = self.verifier.find(&presented).await.map_err(refuse)?; // 3 verify: the record
+        let key = self.verifier.find(&presented, now).await.map_err(refuse)?; // 3 verify: the record
         let refuse = |denial: Denial| Refusal::on(route, Some(&key), denial);
         verify::check_status(&key, presented.environment(), now).map_err(|r| refuse(r.into()))?; // 3 verify: its status
         authorize::check(&key, &matched, req.method).map_err(|r| refuse(r.into()))?; // 4 authorize

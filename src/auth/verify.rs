@@ -51,18 +51,18 @@ impl Verifier {
     /// `unknown_api_key`, `key_revoked`, `key_paused`, `key_expired`,
     /// `wrong_environment`, or [`Denial::Unavailable`] when the store cannot be asked.
     pub async fn verify(&self, key: &Parsed<'_>, now: DateTime<Utc>) -> Result<Arc<KeyRecord>, Denial> {
-        let record = self.find(key).await?;
+        let record = self.find(key, now).await?;
         check_status(&record, key.environment(), now)?;
         Ok(record)
     }
 
-    /// The record of `key`, whatever its status.
+    /// The record of `key`, whatever its status, as L1 knows it at `now`.
     ///
     /// # Errors
     /// `unknown_api_key`, or [`Denial::Unavailable`] when the store cannot be asked.
-    pub async fn find(&self, key: &Parsed<'_>) -> Result<Arc<KeyRecord>, Denial> {
+    pub async fn find(&self, key: &Parsed<'_>, now: DateTime<Utc>) -> Result<Arc<KeyRecord>, Denial> {
         let hash = KeyHash::of(key.expose());
-        let record = match self.l1.get(&hash) {
+        let record = match self.l1.get_at(&hash, now.timestamp_millis()) {
             Lookup::Hit(record) => {
                 self.metrics.cache("l1", "hit");
                 record

@@ -84,7 +84,12 @@ impl L1 {
 
     /// Looks `hash` up.
     pub fn get(&self, hash: &KeyHash) -> Lookup {
-        let now = self.clock.now_millis();
+        self.get_at(hash, self.clock.now_millis())
+    }
+
+    /// Looks `hash` up at `now` (unix ms) as read by the caller: the decision reads
+    /// the clock once for every step.
+    pub fn get_at(&self, hash: &KeyHash, now: i64) -> Lookup {
         if let Some(e) = self.map.get(hash)
             && e.expires_at_ms > now
         {

@@ -100,6 +100,16 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 ];
 
 fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    // One scan over what is there instead of a hashed removal per name: most messages
+    // carry none of these.
+    let present: Vec<HeaderName> = headers
+        .keys()
+        .filter(|n| HOP_BY_HOP.contains(n))
+        .cloned()
+        .collect();
+    if present.is_empty() {
+        return;
+    }
     let listed: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -107,7 +117,7 @@ fn remove_hop_by_hop(headers: &mut HeaderMap) {
         .flat_map(|v| v.split(','))
         .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
         .collect();
-    for name in listed.iter().chain(HOP_BY_HOP.iter()) {
+    for name in listed.iter().chain(present.iter()) {
         headers.remove(name);
     }
 }
@@ -143,27 +153,28 @@ pub fn prepare_request(
         Some(authority) => HeaderValue::from_str(authority.as_str()).ok(),
         None => host,
     };
-    headers.remove(HeaderName::from_static("x-forwarded-host"));
     remove_hop_by_hop(headers);
-    headers.remove(header::AUTHORIZATION);
-    if let Some(name) = key_header {
-        headers.remove(name);
-    }
-    // Identity headers, and credential headers spelled with `_` (`X_API_Key`), which
-    // frameworks that fold `_` into `-` would read as the credential.
-    let spoofed: Vec<HeaderName> = headers
+    // Credentials, the client's X-Forwarded-Host, identity headers, and credential
+    // headers spelled with `_` (`X_API_Key`), which frameworks that fold `_` into `-`
+    // would read as the credential: found in one scan, removed by name.
+    let mut spoofed = 0;
+    let strip: Vec<HeaderName> = headers
         .keys()
-        .filter(|n| identity.is_identity(n) || is_underscored_credential(n, key_header))
+        .filter(|&n| {
+            let ours = identity.is_identity(n) || is_underscored_credential(n, key_header);
+            spoofed += usize::from(ours);
+            ours || n == header::AUTHORIZATION || Some(n) == key_header || n == "x-forwarded-host"
+        })
         .cloned()
         .collect();
-    if !spoofed.is_empty() {
+    if spoofed > 0 {
         tracing::debug!(
-            count = spoofed.len(),
+            count = spoofed,
             "stripped client-sent identity and credential headers"
         );
-        for name in &spoofed {
-            headers.remove(name);
-        }
+    }
+    for name in &strip {
+        headers.remove(name);
     }
     insert_identity(headers, identity, fwd.key);
     if let Some(host) = host {
