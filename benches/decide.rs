@@ -174,6 +174,7 @@ impl Fixture {
         RequestHead {
             method: &Method::GET,
             path: PATH,
+            query: None,
             headers: &self.headers,
         }
     }

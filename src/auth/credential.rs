@@ -16,11 +16,39 @@ pub struct Settings {
     pub key_header: Option<HeaderName>,
 }
 
+/// What a request presents as its credential.
+#[derive(Debug)]
+pub enum Presented<'h> {
+    /// One keygate key that passed the offline checks.
+    Key(Parsed<'h>),
+    /// Nothing keygate-shaped: no credential, another scheme, a JWT, a token of
+    /// another issuer. A route with `other_credentials = "reject"` refuses it with
+    /// this rejection; one with `"pass"` forwards the request to the API's own login.
+    Other(Rejection),
+    /// A keygate-shaped credential that fails an offline check (shape, checksum,
+    /// environment), anything but a key in the key query parameter, or two
+    /// credentials: refused on every route, never passed through.
+    Refused(Rejection),
+}
+
 /// Extracts and checks the one key in `headers`.
 ///
 /// # Errors
 /// The precise rejection: missing, ambiguous, not an API key, malformed, wrong environment.
 pub fn extract<'h>(headers: &'h HeaderMap, settings: &Settings) -> Result<Parsed<'h>, Rejection> {
+    match present(headers, None, settings) {
+        Presented::Key(key) => Ok(key),
+        Presented::Other(r) | Presented::Refused(r) => Err(r),
+    }
+}
+
+/// Finds and checks the credential in `headers` and, when the route names a key query
+/// parameter, in `query` as `(raw query, parameter name)`.
+pub fn present<'h>(
+    headers: &'h HeaderMap,
+    query: Option<(&'h str, &str)>,
+    settings: &Settings,
+) -> Presented<'h> {
     let mut found = None;
     let mut count = 0usize;
     for value in headers.get_all(AUTHORIZATION) {
@@ -33,24 +61,96 @@ pub fn extract<'h>(headers: &'h HeaderMap, settings: &Settings) -> Result<Parsed
             found = Some((value, false));
         }
     }
+    let mut from_query = None;
+    if let Some((query, name)) = query {
+        for value in query_values(query, name) {
+            count += 1;
+            from_query = Some(value);
+        }
+    }
     if count > 1 {
-        return Err(Rejection::AmbiguousCredentials);
+        return Presented::Refused(Rejection::AmbiguousCredentials);
+    }
+    if let Some(token) = from_query {
+        // The parameter exists for keygate keys only: whatever else it holds is refused.
+        return match classify(token, &settings.format) {
+            Ok(key) => Presented::Key(key),
+            Err(r) => Presented::Refused(r),
+        };
     }
     let Some((value, is_authorization)) = found else {
-        return Err(Rejection::MissingApiKey { other_scheme: false });
+        return Presented::Other(Rejection::MissingApiKey { other_scheme: false });
     };
-    let value = value.to_str().map_err(|_| Rejection::MalformedApiKey {
-        reason: "the credential header holds bytes other than visible ASCII".into(),
-    })?;
+    let Ok(value) = value.to_str() else {
+        return Presented::Other(Rejection::MalformedApiKey {
+            reason: "the credential header holds bytes other than visible ASCII".into(),
+        });
+    };
     let token = if is_authorization {
-        bearer_token(value)?
+        match bearer_token(value) {
+            Ok(token) => token,
+            Err(r) => return Presented::Other(r),
+        }
     } else {
         value.trim()
     };
     if token.is_empty() {
-        return Err(Rejection::MissingApiKey { other_scheme: false });
+        return Presented::Other(Rejection::MissingApiKey { other_scheme: false });
     }
-    classify(token, &settings.format)
+    match classify(token, &settings.format) {
+        Ok(key) => Presented::Key(key),
+        Err(r) if looks_like_jwt(token) || !settings.format.is_ours(token) => Presented::Other(r),
+        Err(r) => Presented::Refused(r),
+    }
+}
+
+/// The raw values of parameter `name` in `query`; a name is compared after
+/// percent-decoding (`api%5Fkey` is `api_key`), a value is returned as sent (a key
+/// never needs encoding, so an encoded one fails the key check).
+pub fn query_values<'q>(query: &'q str, name: &str) -> impl Iterator<Item = &'q str> {
+    query.split('&').filter_map(move |pair| {
+        let (n, v) = pair.split_once('=').unwrap_or((pair, ""));
+        decodes_to(n, name).then_some(v)
+    })
+}
+
+/// `query` without parameter `name` (every occurrence); `None` when nothing is left.
+pub fn strip_query_param(query: &str, name: &str) -> Option<String> {
+    let kept: Vec<&str> = query
+        .split('&')
+        .filter(|pair| !decodes_to(pair.split_once('=').map_or(*pair, |(n, _)| n), name))
+        .collect();
+    let kept = kept.join("&");
+    (!kept.is_empty()).then_some(kept)
+}
+
+/// Whether `raw`, percent-decoded, is exactly `name`.
+fn decodes_to(raw: &str, name: &str) -> bool {
+    let (raw, name) = (raw.as_bytes(), name.as_bytes());
+    let (mut i, mut j) = (0, 0);
+    while i < raw.len() {
+        let byte = match raw[i] {
+            b'%' if i + 2 < raw.len() => {
+                let hex = std::str::from_utf8(&raw[i + 1..i + 3]).ok();
+                match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                    Some(b) => {
+                        i += 3;
+                        b
+                    }
+                    None => return false,
+                }
+            }
+            b => {
+                i += 1;
+                b
+            }
+        };
+        if name.get(j) != Some(&byte) {
+            return false;
+        }
+        j += 1;
+    }
+    j == name.len()
 }
 
 /// The token of a `Bearer` credential: scheme case-insensitive, whitespace tolerated.
@@ -183,5 +283,59 @@ mod tests {
             let pairs: Vec<(&str, &str)> = pairs.iter().map(|(a, b)| (*a, b.as_str())).collect();
             assert_eq!(run(&pairs).map_err(|r| r.code()), Err(code), "{pairs:?}");
         }
+    }
+
+    #[test]
+    fn query_parameters_are_found_by_decoded_name_and_stripped_everywhere() {
+        let q = "a=1&api_key=K1&api%5Fkey=K2&api%5fkey=K3&api_keyx=no&xapi_key=no&api_key";
+        let found: Vec<&str> = query_values(q, "api_key").collect();
+        assert_eq!(found, ["K1", "K2", "K3", ""]);
+        assert_eq!(
+            strip_query_param(q, "api_key").as_deref(),
+            Some("a=1&api_keyx=no&xapi_key=no")
+        );
+        assert_eq!(strip_query_param("api_key=K", "api_key"), None);
+        assert_eq!(strip_query_param("b=2", "api_key").as_deref(), Some("b=2"));
+        // A truncated or invalid escape never matches.
+        assert_eq!(query_values("api%5=K&api%ZZkey=K&%", "api_key").count(), 0);
+    }
+
+    #[test]
+    fn pass_routes_see_foreign_credentials_as_other_and_keygate_shaped_ones_as_refused() {
+        let s = settings();
+        let present_one = |name: &str, value: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(
+                HeaderName::from_bytes(name.as_bytes()).expect("name"),
+                HeaderValue::from_str(value).expect("value"),
+            );
+            match present(&headers, None, &s) {
+                Presented::Key(_) => "key",
+                Presented::Other(_) => "other",
+                Presented::Refused(_) => "refused",
+            }
+        };
+        let k = key("live");
+        let mut typo = k.clone();
+        typo.pop();
+        typo.push('!');
+        assert_eq!(present_one("authorization", &format!("Bearer {k}")), "key");
+        assert_eq!(
+            present_one(
+                "authorization",
+                "Bearer eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2ln"
+            ),
+            "other"
+        );
+        assert_eq!(present_one("authorization", "Bearer opaque"), "other");
+        assert_eq!(present_one("authorization", "Basic dTpw"), "other");
+        assert_eq!(present_one("x-api-key", "theirs"), "other");
+        assert_eq!(present_one("authorization", &format!("Bearer {typo}")), "refused");
+        assert_eq!(
+            present_one("authorization", &format!("Bearer {}", key("test"))),
+            "refused"
+        );
+        assert_eq!(present_one("authorization", "Bearer kg_live_short"), "refused");
+        assert_eq!(present_one("x-api-key", &typo), "refused");
     }
 }

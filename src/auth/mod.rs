@@ -47,6 +47,8 @@ pub struct RequestHead<'a> {
     pub method: &'a Method,
     /// Raw path (no query).
     pub path: &'a str,
+    /// Raw query, if any (read only on routes with `key_query_param`).
+    pub query: Option<&'a str>,
     /// Request headers.
     pub headers: &'a HeaderMap,
 }
@@ -60,6 +62,30 @@ pub struct Grant<'a> {
     pub key: Option<Arc<KeyRecord>>,
     /// The key's quota standing after this request.
     pub usage: Option<Usage>,
+    /// How the request was let through.
+    pub auth: AuthMethod,
+}
+
+/// How a granted request was authenticated (`X-Keygate-Auth-Method`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthMethod {
+    /// A keygate key: `api_key`; the credential is stripped before forwarding.
+    ApiKey,
+    /// A public route: `none`; credentials are stripped as on any keygate route.
+    Public,
+    /// No keygate-shaped key on an `other_credentials = "pass"` route: `none`; the
+    /// request's own credentials reach the API untouched.
+    Passed,
+}
+
+impl AuthMethod {
+    /// The `X-Keygate-Auth-Method` value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ApiKey => "api_key",
+            Self::Public | Self::Passed => "none",
+        }
+    }
 }
 
 /// Runs the pipeline. The settings are an argument of [`Decider::decide`], not a
@@ -98,11 +124,28 @@ impl Decider {
                 route,
                 key: None,
                 usage: None,
+                auth: AuthMethod::Public,
             });
         }
         let refuse = |denial: Denial| Refusal::on(route, None, denial);
-        let presented =
-            credential::extract(req.headers, &settings.credentials).map_err(|r| refuse(r.into()))?; // 2 extract
+        let query = route
+            .key_query_param
+            .as_deref()
+            .map(|name| (req.query.unwrap_or(""), name));
+        let presented = match credential::present(req.headers, query, &settings.credentials) {
+            credential::Presented::Key(key) => key,
+            credential::Presented::Other(_) if route.other_credentials == route::OtherCredentials::Pass => {
+                return Ok(Grant {
+                    route,
+                    key: None,
+                    usage: None,
+                    auth: AuthMethod::Passed,
+                });
+            }
+            credential::Presented::Other(r) | credential::Presented::Refused(r) => {
+                return Err(refuse(r.into()));
+            }
+        }; // 2 extract
         let now = self.clock.now();
         let key = self.verifier.find(&presented, now).await.map_err(refuse)?; // 3 verify: the record
         let refuse = |denial: Denial| Refusal::on(route, Some(&key), denial);
@@ -117,6 +160,7 @@ impl Decider {
             route,
             key: Some(key),
             usage: Some(usage),
+            auth: AuthMethod::ApiKey,
         })
     }
 }

@@ -36,6 +36,22 @@ pub struct Route {
     pub cost: u64,
     /// Index into the proxy's upstream list (0 = the default upstream).
     pub upstream: usize,
+    /// What happens to a request without a keygate-shaped key.
+    pub other_credentials: OtherCredentials,
+    /// The query parameter that may carry the key.
+    pub key_query_param: Option<String>,
+}
+
+/// `other_credentials`: what a route does with a request that carries no
+/// keygate-shaped key.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum OtherCredentials {
+    /// Refuse it (401): the route is for API keys only.
+    #[default]
+    Reject,
+    /// Forward it with its credentials untouched to the API's own login, marked
+    /// `X-Keygate-Auth-Method: none` and not charged.
+    Pass,
 }
 
 /// What a route needs, as the config describes it.
@@ -57,6 +73,10 @@ pub struct Spec {
     pub cost: u64,
     /// Upstream index.
     pub upstream: usize,
+    /// What happens to a request without a keygate-shaped key.
+    pub other_credentials: OtherCredentials,
+    /// The query parameter that may carry the key.
+    pub key_query_param: Option<String>,
 }
 
 impl Route {
@@ -130,6 +150,8 @@ impl Route {
             public: spec.public,
             cost: spec.cost,
             upstream: spec.upstream,
+            other_credentials: spec.other_credentials,
+            key_query_param: spec.key_query_param,
         })
     }
 
@@ -145,6 +167,8 @@ impl Route {
             public: false,
             cost: 1,
             upstream: 0,
+            other_credentials: OtherCredentials::Reject,
+            key_query_param: None,
         }
     }
 
@@ -202,6 +226,14 @@ impl Table {
             unmatched,
             fallback: Route::fallback(),
         }
+    }
+
+    /// Unmatched paths under `unmatched = "authenticate"` treat requests without a
+    /// keygate key as `[proxy] other_credentials` says.
+    #[must_use]
+    pub fn with_other_credentials(mut self, other: OtherCredentials) -> Self {
+        self.fallback.other_credentials = other;
+        self
     }
 
     /// The routes, in match order.

@@ -11,7 +11,8 @@ use http::Method;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::auth::{Rejection, StatusPolicy, authorize, credential, verify};
+use crate::auth::route::OtherCredentials;
+use crate::auth::{AuthMethod, Rejection, StatusPolicy, authorize, credential, verify};
 use crate::clock::SharedClock;
 use crate::config::{self, ProcessEnv};
 use crate::keys::{KeyHash, KeyRecord};
@@ -79,8 +80,14 @@ async fn explain(args: &ExplainArgs, config_path: &Path, clock: SharedClock) -> 
         "scopes": route.scopes,
         "org": matched.org.as_deref(),
         "cost": route.cost,
+        "other_credentials": match route.other_credentials {
+            OtherCredentials::Reject => "reject",
+            OtherCredentials::Pass => "pass",
+        },
+        "key_query_param": route.key_query_param,
     });
     if route.public {
+        report["auth_method"] = AuthMethod::Public.as_str().into();
         report["decision"] = "allow".into();
         report["reason"] = "the route is public: no key needed".into();
         return Ok(report);
@@ -113,6 +120,9 @@ async fn explain(args: &ExplainArgs, config_path: &Path, clock: SharedClock) -> 
             }
         }
     };
+    // The explained request presents this key, so it is judged as one whatever the
+    // route's other_credentials: a keygate key is never passed through.
+    report["auth_method"] = AuthMethod::ApiKey.as_str().into();
     report["key"] = describe(&record, now);
     if let Err(r) = verify::check_status(&record, &environment, now) {
         return Ok(refuse(report, "verify", &r, &policy));
@@ -211,6 +221,24 @@ fn print_human(report: &Value) {
         );
     } else {
         println!("route:     none matched");
+    }
+    if let Some(method) = report.get("auth_method") {
+        let other = report["route"]["other_credentials"] == "pass";
+        let source = match report["route"]["key_query_param"].as_str() {
+            Some(param) => format!("Authorization: Bearer, or the `{param}` query parameter"),
+            None => "Authorization: Bearer".to_owned(),
+        };
+        println!(
+            "auth:      {}{}",
+            text(method),
+            match (text(method).as_str(), other) {
+                ("api_key", true) => format!(
+                    " (from {source}; without a key this route passes the request to the API's own login as `none`)"
+                ),
+                ("api_key", false) => format!(" (from {source})"),
+                _ => " (public route: no key needed)".to_owned(),
+            }
+        );
     }
     if let Some(key) = report.get("key") {
         println!(

@@ -45,7 +45,9 @@ pub struct Proxy {
     /// Unmatched paths: `deny` (404 `route_not_found`, default) or `authenticate`
     /// (any valid key, no scopes, cost 1).
     pub unmatched: Spanned<String>,
-    /// Requests without a keygate key: `reject` (default). `pass` is reserved.
+    /// Requests without a keygate-shaped key (no credential, a session cookie, a JWT,
+    /// another token): `reject` (default) or `pass` to the API's own login untouched.
+    /// The default for routes; a route may set its own.
     pub other_credentials: Spanned<String>,
     /// An extra header that may carry the bare key, e.g. `X-API-Key`. Off by default.
     pub key_header: Option<Spanned<String>>,
@@ -269,6 +271,11 @@ pub struct Route {
     pub cost: u64,
     /// Upstream base URL for this route instead of `[proxy] upstream`.
     pub upstream: Option<Spanned<String>>,
+    /// `reject` or `pass`, overriding `[proxy] other_credentials` for this route.
+    pub other_credentials: Option<Spanned<String>>,
+    /// A query parameter that may carry the key (e.g. `api_key`), for clients that
+    /// can only be given a URL. Off by default; the header is the better place.
+    pub key_query_param: Option<Spanned<String>>,
 }
 
 fn one() -> u64 {

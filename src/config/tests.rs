@@ -230,3 +230,37 @@ fn the_signing_key_is_checked_without_being_repeated_and_may_come_from_the_envir
         !format!("{err:?}{config:?}").contains("short-secret") && !format!("{config:?}").contains(secret)
     );
 }
+
+#[test]
+fn other_credentials_default_for_routes_and_a_route_may_override_it() {
+    let config = parse(
+        "[proxy]\nother_credentials = \"pass\"\n\
+         [[route]]\nname = \"a\"\npath = \"/a\"\n\
+         [[route]]\nname = \"b\"\npath = \"/b\"\nother_credentials = \"reject\"\nkey_query_param = \"api_key\"\n",
+        &env(&[]),
+    )
+    .expect("valid");
+    let routes = config.auth.routes.routes();
+    assert_eq!(
+        routes[0].other_credentials,
+        crate::auth::route::OtherCredentials::Pass
+    );
+    assert_eq!(routes[0].key_query_param, None);
+    assert_eq!(
+        routes[1].other_credentials,
+        crate::auth::route::OtherCredentials::Reject
+    );
+    assert_eq!(routes[1].key_query_param.as_deref(), Some("api_key"));
+    let errors = messages(
+        "[proxy]\nother_credentials = \"allow\"\n\
+         [[route]]\nname = \"a\"\npath = \"/a\"\nother_credentials = \"maybe\"\nkey_query_param = \"api key\"\n",
+    );
+    assert_eq!(
+        errors,
+        [
+            "2:21: proxy.other_credentials: `allow` must be `reject` or `pass`",
+            "6:21: route `a` other_credentials: `maybe` must be `reject` or `pass`",
+            "7:19: route `a` key_query_param: `api key` must be 1-64 characters of A-Z, a-z, 0-9, `_`, `-`, `.`",
+        ]
+    );
+}

@@ -176,17 +176,8 @@ fn build(file: &File, env: &dyn Env, check: &mut Check<'_>) -> Config {
             route::Unmatched::Deny
         }
     };
-    match p.other_credentials.get_ref().as_str() {
-        "reject" => {}
-        "pass" => check.error(
-            p.other_credentials.span(),
-            "proxy.other_credentials: `pass` is not supported by this version; use `reject`",
-        ),
-        other => check.error(
-            p.other_credentials.span(),
-            format!("proxy.other_credentials: `{other}` must be `reject` or `pass`"),
-        ),
-    }
+    let other_credentials =
+        other_credentials(&p.other_credentials, "proxy.other_credentials", check).unwrap_or_default();
     let key_header = p.key_header.as_ref().and_then(|h| {
         HeaderName::from_bytes(h.get_ref().as_bytes())
             .map_err(|_| {
@@ -320,7 +311,7 @@ fn build(file: &File, env: &dyn Env, check: &mut Check<'_>) -> Config {
         })
     });
 
-    let routes = routes(&file.routes, &mut upstreams, check);
+    let routes = routes(&file.routes, other_credentials, &mut upstreams, check);
 
     Config {
         proxy: proxy::Settings {
@@ -339,7 +330,7 @@ fn build(file: &File, env: &dyn Env, check: &mut Check<'_>) -> Config {
             max_failed_auth_per_minute: p.max_failed_auth_per_minute,
         },
         auth: auth::Settings {
-            routes: route::Table::new(routes, unmatched),
+            routes: route::Table::new(routes, unmatched).with_other_credentials(other_credentials),
             credentials: credential::Settings { format, key_header },
             status: StatusPolicy { revoked },
         },
@@ -393,7 +384,30 @@ fn redis(
     })
 }
 
-fn routes(raw: &[file::Route], upstreams: &mut Vec<Upstream>, check: &mut Check<'_>) -> Vec<route::Route> {
+fn other_credentials(
+    raw: &Spanned<String>,
+    what: &str,
+    check: &mut Check<'_>,
+) -> Option<route::OtherCredentials> {
+    match raw.get_ref().as_str() {
+        "reject" => Some(route::OtherCredentials::Reject),
+        "pass" => Some(route::OtherCredentials::Pass),
+        other => {
+            check.error(
+                raw.span(),
+                format!("{what}: `{other}` must be `reject` or `pass`"),
+            );
+            None
+        }
+    }
+}
+
+fn routes(
+    raw: &[file::Route],
+    default_other: route::OtherCredentials,
+    upstreams: &mut Vec<Upstream>,
+    check: &mut Check<'_>,
+) -> Vec<route::Route> {
     let mut names: Vec<&str> = Vec::new();
     let mut out = Vec::new();
     for r in raw {
@@ -453,6 +467,23 @@ fn routes(raw: &[file::Route], upstreams: &mut Vec<Upstream>, check: &mut Check<
             public: r.public,
             cost: r.cost,
             upstream,
+            other_credentials: r
+                .other_credentials
+                .as_ref()
+                .and_then(|o| other_credentials(o, &format!("route `{name}` other_credentials"), check))
+                .unwrap_or(default_other),
+            key_query_param: r.key_query_param.as_ref().and_then(|q| {
+                let valid = !q.get_ref().is_empty()
+                    && q.get_ref().len() <= 64
+                    && q.get_ref().bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.');
+                if !valid {
+                    check.error(
+                        q.span(),
+                        format!("route `{name}` key_query_param: `{}` must be 1-64 characters of A-Z, a-z, 0-9, `_`, `-`, `.`", q.get_ref()),
+                    );
+                }
+                valid.then(|| q.get_ref().clone())
+            }),
         };
         match route::Route::compile(spec) {
             Ok(route) => out.push(route),

@@ -6,12 +6,15 @@ use std::time::Duration;
 
 use http::{HeaderValue, Method, Uri};
 
+use crate::auth::AuthMethod;
+use crate::auth::route::Route;
 use crate::keys::KeyRecord;
 
 /// What one request came to.
 pub(super) struct Line<'a> {
     pub method: Method,
-    /// The request URI; its path is logged, never its query (which may carry secrets).
+    /// The request URI; its path is logged, never its query (which may carry
+    /// secrets): only a key parameter's name, as `query_key` says.
     pub uri: Uri,
     pub route: &'a str,
     pub status: u16,
@@ -21,6 +24,28 @@ pub(super) struct Line<'a> {
     pub decision: Duration,
     pub upstream: Option<Duration>,
     pub total: Duration,
+    /// How a granted request was authenticated.
+    pub auth: Option<AuthMethod>,
+    /// The route's key query parameter when the request carried it: logged as
+    /// `name=[redacted]`, its value never.
+    pub query_key: Option<&'a str>,
+}
+
+/// The route's key query parameter, if `uri` carries it.
+pub(super) fn query_key<'r>(route: &'r Route, uri: &Uri) -> Option<&'r str> {
+    let name = route.key_query_param.as_deref()?;
+    let query = uri.query()?;
+    crate::auth::credential::query_values(query, name)
+        .next()
+        .map(|_| name)
+}
+
+struct Redacted<'a>(&'a str);
+
+impl std::fmt::Display for Redacted<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}=[redacted]", self.0)
+    }
 }
 
 impl<'a> Line<'a> {
@@ -37,6 +62,8 @@ impl<'a> Line<'a> {
             decision: Duration::ZERO,
             upstream: None,
             total: Duration::ZERO,
+            auth: None,
+            query_key: None,
         }
     }
 
@@ -47,11 +74,13 @@ impl<'a> Line<'a> {
             target: "keygate::access",
             method = %self.method,
             path = self.uri.path(),
+            query = self.query_key.map(|name| tracing::field::display(Redacted(name))),
             route = self.route,
             status = self.status,
             code = self.code,
             key_id = self.key.map(|k| tracing::field::display(k.id)),
             org = self.key.and_then(|k| k.org_id.as_deref()),
+            auth = self.auth.map(AuthMethod::as_str),
             request_id = self.request_id.to_str().unwrap_or("-"),
             decision_us = micros(self.decision),
             upstream_us = self.upstream.map(micros),

@@ -166,10 +166,21 @@ async fn connect(upstream: &Upstream, timeout: Duration) -> Result<Sender, Error
     Ok(sender)
 }
 
-/// The origin-form URI the upstream receives: exactly the authorised path and query.
-pub fn origin_form(uri: &Uri) -> Uri {
-    uri.path_and_query()
-        .map_or_else(|| Uri::from_static("/"), |pq| Uri::from(pq.clone()))
+/// The origin-form URI the upstream receives: exactly the authorised path and query,
+/// without the route's key query parameter (`key_param`), if it has one.
+pub fn origin_form(uri: &Uri, key_param: Option<&str>) -> Uri {
+    let Some(pq) = uri.path_and_query() else {
+        return Uri::from_static("/");
+    };
+    if let (Some(name), Some(query)) = (key_param, pq.query()) {
+        let target = match crate::auth::credential::strip_query_param(query, name) {
+            Some(rest) => format!("{}?{rest}", pq.path()),
+            None => pq.path().to_owned(),
+        };
+        // Built from parts of a valid URI, so it parses; "/" is the safe fallback.
+        return Uri::try_from(target).unwrap_or_else(|_| Uri::from_static("/"));
+    }
+    Uri::from(pq.clone())
 }
 
 /// An upstream response body that returns its connection to the pool at its end.

@@ -136,6 +136,9 @@ pub struct Forwarded<'a> {
     /// The authority of an absolute-form request target, which wins over the
     /// client's `Host` (RFC 9112 §3.2.2).
     pub authority: Option<&'a http::uri::Authority>,
+    /// Leave `Authorization` and the key header as sent: the request was passed
+    /// through to the API's own login (`other_credentials = "pass"`).
+    pub keep_credentials: bool,
 }
 
 /// Rewrites request headers for the upstream: strips credentials, hop-by-hop and every
@@ -163,7 +166,8 @@ pub fn prepare_request(
         .filter(|&n| {
             let ours = identity.is_identity(n) || is_underscored_credential(n, key_header);
             spoofed += usize::from(ours);
-            ours || n == header::AUTHORIZATION || Some(n) == key_header || n == "x-forwarded-host"
+            let credential = !fwd.keep_credentials && (n == header::AUTHORIZATION || Some(n) == key_header);
+            ours || credential || n == "x-forwarded-host"
         })
         .cloned()
         .collect();
@@ -378,6 +382,7 @@ mod tests {
             request_id: &request_id,
             host: &host,
             authority: None,
+            keep_credentials: false,
         };
         prepare_request(&mut h, &Identity::default(), None, &fwd);
         h
@@ -420,6 +425,7 @@ mod tests {
             request_id: &request_id,
             host: &host,
             authority: Some(&authority),
+            keep_credentials: false,
         };
         let key_header = HeaderName::from_static("x-api-key");
         prepare_request(&mut h, &Identity::default(), Some(&key_header), &fwd);

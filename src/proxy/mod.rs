@@ -354,6 +354,7 @@ async fn handle(shared: &Shared, peer: SocketAddr, req: Request<Incoming>) -> Re
     let head = RequestHead {
         method,
         path: uri.path(),
+        query: uri.query(),
         headers: req.headers(),
     };
     let decided = shared.decider.decide(&live.auth, head).await;
@@ -373,6 +374,8 @@ async fn handle(shared: &Shared, peer: SocketAddr, req: Request<Incoming>) -> Re
         decision,
         upstream: None,
         total: decision,
+        auth: None,
+        query_key: None,
     };
     let grant = match decided {
         Ok(grant) => grant,
@@ -385,6 +388,7 @@ async fn handle(shared: &Shared, peer: SocketAddr, req: Request<Incoming>) -> Re
             }
             let resp = respond::denial(&refusal.denial, &request_id, &live.auth.status);
             line.route = refusal.route.map_or("none", |r| r.name.as_str());
+            line.query_key = refusal.route.and_then(|r| access::query_key(r, uri));
             line.code = respond::code(&refusal.denial);
             line.status = resp.status().as_u16();
             line.key = refusal.key.as_deref();
@@ -398,6 +402,8 @@ async fn handle(shared: &Shared, peer: SocketAddr, req: Request<Incoming>) -> Re
     let route = grant.route;
     line.route = &route.name;
     line.key = grant.key.as_deref();
+    line.auth = Some(grant.auth);
+    line.query_key = access::query_key(route, uri);
     if let Some(asked) = &asked {
         let resp = ext_authz::allow(&grant, settings, asked, &request_id, shared.clock.now());
         line.code = "authorized";
@@ -425,7 +431,7 @@ async fn handle(shared: &Shared, peer: SocketAddr, req: Request<Incoming>) -> Re
     };
     let (mut parts, body) = req.into_parts();
     let authority = parts.uri.authority().cloned();
-    parts.uri = forward::origin_form(&parts.uri);
+    parts.uri = forward::origin_form(&parts.uri, route.key_query_param.as_deref());
     parts.version = Version::HTTP_11;
     headers::prepare_request(
         &mut parts.headers,
@@ -437,6 +443,7 @@ async fn handle(shared: &Shared, peer: SocketAddr, req: Request<Incoming>) -> Re
             request_id: &request_id,
             host: &upstream.host,
             authority: authority.as_ref(),
+            keep_credentials: grant.auth == auth::AuthMethod::Passed,
         },
     );
     settings.sign(&parts.method, &parts.uri, &mut parts.headers, shared.clock.now());
