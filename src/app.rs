@@ -99,6 +99,14 @@ pub async fn start(config: Config, clock: SharedClock) -> anyhow::Result<App> {
             stopped.clone(),
         )),
     ];
+    if let Some(idle) = config.hygiene.pause_after_idle {
+        tasks.push(tokio::spawn(pause_idle_periodically(
+            keys.clone(),
+            idle,
+            Arc::clone(&metrics),
+            stopped.clone(),
+        )));
+    }
     if let Some(redis) = &redis {
         tasks.push(tokio::spawn(invalidation::follow_channel(
             Arc::clone(redis),
@@ -298,6 +306,30 @@ pub async fn wait_for_signal() -> anyhow::Result<()> {
         r = tokio::signal::ctrl_c() => r?,
     }
     Ok(())
+}
+
+/// `[hygiene] pause_after_idle`: a sweep at start and every ten minutes. Each key is
+/// paused by one conditional statement, so replicas sweeping at once pause it once.
+async fn pause_idle_periodically(
+    keys: manage::Keys,
+    idle: Duration,
+    metrics: Arc<Metrics>,
+    mut stopped: watch::Receiver<bool>,
+) {
+    loop {
+        match keys.pause_idle(idle).await {
+            Ok(paused) if !paused.is_empty() => {
+                metrics.quarantined("idle", paused.len() as u64);
+                tracing::info!(count = paused.len(), idle = ?idle, "paused idle keys");
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot pause idle keys; retrying at the next sweep"),
+        }
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs(600)) => {}
+            _ = stopped.changed() => return,
+        }
+    }
 }
 
 async fn flush_periodically(

@@ -13,7 +13,7 @@ use uuid::Uuid;
 use crate::cache::L1;
 use crate::cache::redis::Redis;
 use crate::clock::SharedClock;
-use crate::keys::{ApiKey, Format, KeyRecord, Owner, Restrictions};
+use crate::keys::{ApiKey, Format, KeyHash, KeyRecord, Owner, Restrictions};
 use crate::store::{self, Actor, ListQuery, Page, Patch, Store};
 
 /// What a new key should be.
@@ -54,6 +54,49 @@ pub enum Error {
     /// The OS random source failed.
     #[error(transparent)]
     Random(#[from] crate::keys::secret::RandomError),
+}
+
+/// What a leak report does to its key (`[hygiene] on_leak`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum OnLeak {
+    /// Pause it: reversible once it has been rotated out of the leak.
+    #[default]
+    Pause,
+    /// Revoke it for good.
+    Revoke,
+}
+
+/// How a leak report ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeakOutcome {
+    /// The key was paused.
+    Paused,
+    /// The key was revoked.
+    Revoked,
+    /// The key had been revoked already; nothing changed.
+    AlreadyRevoked,
+    /// Not a key of this deployment (prefix, shape or checksum): a false positive.
+    NotAKey,
+    /// A well-formed key that no record matches.
+    Unknown,
+}
+
+impl LeakOutcome {
+    /// `paused`, `revoked`, `already_revoked`, `not_a_key` or `unknown_key`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Paused => "paused",
+            Self::Revoked => "revoked",
+            Self::AlreadyRevoked => "already_revoked",
+            Self::NotAKey => "not_a_key",
+            Self::Unknown => "unknown_key",
+        }
+    }
+
+    /// Whether the report named a real key of this deployment.
+    pub fn is_true_positive(self) -> bool {
+        matches!(self, Self::Paused | Self::Revoked | Self::AlreadyRevoked)
+    }
 }
 
 /// Key management over one store.
@@ -181,7 +224,10 @@ impl Keys {
     /// # Errors
     /// Not found, or the store.
     pub async fn pause(&self, id: Uuid, actor: &Actor) -> Result<KeyRecord, Error> {
-        let record = self.store.set_paused(id, true, actor).await?;
+        let record = self
+            .store
+            .set_paused(id, true, actor, serde_json::json!({}))
+            .await?;
         self.evicted(id, record).await
     }
 
@@ -190,7 +236,10 @@ impl Keys {
     /// # Errors
     /// Not found, or the store.
     pub async fn resume(&self, id: Uuid, actor: &Actor) -> Result<KeyRecord, Error> {
-        let record = self.store.set_paused(id, false, actor).await?;
+        let record = self
+            .store
+            .set_paused(id, false, actor, serde_json::json!({}))
+            .await?;
         self.evicted(id, record).await
     }
 
@@ -199,8 +248,111 @@ impl Keys {
     /// # Errors
     /// Not found, or the store.
     pub async fn revoke(&self, id: Uuid, actor: &Actor) -> Result<KeyRecord, Error> {
-        let record = self.store.revoke(id, self.clock.now(), actor).await?;
+        let record = self
+            .store
+            .revoke(id, self.clock.now(), actor, serde_json::json!({}))
+            .await?;
         self.evicted(id, record).await
+    }
+
+    /// Pauses every active key unused for `idle` (by last use, or creation when
+    /// never used), as of now; each pause is audited with the actor `system` and
+    /// `{"reason": "idle", ...}`. Returns the paused keys.
+    ///
+    /// # Errors
+    /// The store; keys paused before the failure stay paused.
+    pub async fn pause_idle(&self, idle: std::time::Duration) -> Result<Vec<KeyRecord>, Error> {
+        let now = self.clock.now();
+        let idle_since = Duration::from_std(idle)
+            .ok()
+            .and_then(|idle| now.checked_sub_signed(idle))
+            .unwrap_or(DateTime::<Utc>::UNIX_EPOCH);
+        let query = ListQuery {
+            status: Some(crate::keys::Status::Active),
+            idle_since: Some(idle_since),
+            page: 1,
+            limit: 500,
+            ..ListQuery::default()
+        };
+        let mut paused = Vec::new();
+        let mut skipped = std::collections::HashSet::new();
+        loop {
+            let page = self.store.list(&query, now).await?;
+            let fresh: Vec<KeyRecord> = page
+                .items
+                .into_iter()
+                .filter(|k| !skipped.contains(&k.id))
+                .collect();
+            if fresh.is_empty() {
+                return Ok(paused);
+            }
+            for key in fresh {
+                let detail = serde_json::json!({
+                    "reason": "idle",
+                    "idle_since": idle_since,
+                    "last_used_at": key.last_used_at,
+                });
+                match self
+                    .store
+                    .pause_if_idle(key.id, idle_since, now, &Actor::system(), detail)
+                    .await?
+                {
+                    Some(record) => paused.push(self.evicted(key.id, Some(record)).await?),
+                    // Used or paused meanwhile (another replica's sweep): left alone.
+                    None => {
+                        skipped.insert(key.id);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Quarantines a key reported as found in the open: pauses or revokes it as
+    /// `on_leak` says, with `{"reason": "leak", "source": ...}` in the audit entry.
+    /// A string that is not a key of this deployment's prefix, or fails its
+    /// checksum, is a false positive and changes nothing; so does a well-formed key
+    /// no record matches. A key of another environment is still quarantined.
+    ///
+    /// # Errors
+    /// The store.
+    pub async fn report_leak(
+        &self,
+        token: &str,
+        on_leak: OnLeak,
+        source: Option<&str>,
+        actor: &Actor,
+    ) -> Result<(LeakOutcome, Option<KeyRecord>), Error> {
+        let token = token.trim();
+        match self.format.parse(token) {
+            Ok(_) | Err(crate::keys::format::Error::WrongEnvironment { .. }) => {}
+            Err(_) => return Ok((LeakOutcome::NotAKey, None)),
+        }
+        let Some(found) = self.store.find_by_hash(&KeyHash::of(token)).await? else {
+            return Ok((LeakOutcome::Unknown, None));
+        };
+        let now = self.clock.now();
+        if found.revoked_at.is_some_and(|at| at <= now) {
+            return Ok((LeakOutcome::AlreadyRevoked, Some(found)));
+        }
+        let detail = serde_json::json!({"reason": "leak", "source": source});
+        let (outcome, record) = match on_leak {
+            OnLeak::Pause => (
+                LeakOutcome::Paused,
+                self.store.set_paused(found.id, true, actor, detail).await?,
+            ),
+            OnLeak::Revoke => (
+                LeakOutcome::Revoked,
+                self.store.revoke(found.id, now, actor, detail).await?,
+            ),
+        };
+        let record = self.evicted(found.id, record).await?;
+        tracing::warn!(
+            key_id = %record.id,
+            outcome = outcome.as_str(),
+            source = source.unwrap_or("-"),
+            "key reported as leaked"
+        );
+        Ok((outcome, Some(record)))
     }
 
     /// Issues a successor with the same attributes and revokes the old key after

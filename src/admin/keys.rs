@@ -340,6 +340,10 @@ pub struct ListParams {
     /// `active`, `paused`, `expired` or `revoked`; empty = any.
     #[param(schema_with = status_filter_schema, required = false)]
     pub status: Option<String>,
+    /// Only keys unused for this long (by last use, or creation when never used),
+    /// e.g. `30d`: the candidates of `[hygiene] pause_after_idle`.
+    #[param(pattern = r"^[0-9]+(ms|s|m|h|d)$")]
+    pub idle: Option<String>,
 }
 
 /// One page of keys.
@@ -550,10 +554,27 @@ pub async fn list(
                 .ok_or_else(|| ApiError::invalid("status must be active, paused, expired or revoked"))?,
         ),
     };
+    let idle_since = match params.idle.as_deref() {
+        None | Some("") => None,
+        Some(s) => {
+            let idle = crate::config::parse_duration(s)
+                .and_then(|d| chrono::Duration::from_std(d).ok())
+                .ok_or_else(|| ApiError::invalid("idle must be a duration like 30d, 12h or 90m"))?;
+            // Longer ago than the calendar reaches: no key is that idle.
+            Some(
+                state
+                    .clock
+                    .now()
+                    .checked_sub_signed(idle)
+                    .unwrap_or(DateTime::<Utc>::UNIX_EPOCH),
+            )
+        }
+    };
     let query = ListQuery {
         org,
         search: params.search.filter(|s| !s.is_empty()),
         status,
+        idle_since,
         page: params.page.unwrap_or(1),
         limit: params.limit.unwrap_or(50),
     };

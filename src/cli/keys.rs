@@ -50,6 +50,17 @@ enum KeysCommand {
     Revoke(IdArgs),
     /// Issue a successor key and revoke this one (now, or after --overlap).
     Rotate(RotateArgs),
+    /// Pause or revoke (per [hygiene] on_leak) the key read from stdin, found leaked.
+    ReportLeak(ReportLeakArgs),
+}
+
+#[derive(Debug, Args)]
+struct ReportLeakArgs {
+    /// Where the key was found (a URL, a file, a ticket), recorded in the audit log.
+    #[arg(long)]
+    source: Option<String>,
+    #[command(flatten)]
+    common: Common,
 }
 
 #[derive(Debug, Args)]
@@ -110,6 +121,10 @@ struct ListArgs {
     /// active, paused, expired or revoked.
     #[arg(long)]
     status: Option<String>,
+    /// Only keys unused for this long (e.g. 30d), by last use or, for keys never
+    /// used, creation: the candidates of [hygiene] pause_after_idle.
+    #[arg(long)]
+    idle: Option<String>,
     /// Page (1-based).
     #[arg(long, default_value_t = 1)]
     page: u32,
@@ -172,6 +187,7 @@ enum Target {
         keys: manage::Keys,
         store: Store,
         clock: SharedClock,
+        on_leak: manage::OnLeak,
     },
     Remote(remote::Client),
 }
@@ -194,7 +210,7 @@ pub async fn run(args: KeysArgs, config_path: &Path, clock: SharedClock) -> anyh
     if let Target::Store { store, .. } = &target {
         store.close().await;
     }
-    result.map(|()| ExitCode::SUCCESS)
+    result
 }
 
 impl Target {
@@ -216,11 +232,17 @@ impl Target {
         };
         let format = config.auth.credentials.format.clone();
         let keys = manage::Keys::new(store.clone(), format, Arc::clone(&clock), None, redis);
-        Ok(Self::Store { keys, store, clock })
+        Ok(Self::Store {
+            keys,
+            store,
+            clock,
+            on_leak: config.hygiene.on_leak,
+        })
     }
 
-    async fn execute(&self, command: KeysCommand) -> anyhow::Result<()> {
+    async fn execute(&self, command: KeysCommand) -> anyhow::Result<ExitCode> {
         match command {
+            KeysCommand::ReportLeak(args) => return self.report_leak(&args).await,
             KeysCommand::Create(args) => {
                 let json = args.common.json;
                 let created = self.create(args).await?;
@@ -256,7 +278,59 @@ impl Target {
                 print_created(&created, args.common.json);
             }
         }
-        Ok(())
+        Ok(ExitCode::SUCCESS)
+    }
+
+    /// Exit 0 when the key was found and quarantined (or was revoked already), 1 when
+    /// the input is not a key of this deployment or no key matches.
+    async fn report_leak(&self, args: &ReportLeakArgs) -> anyhow::Result<ExitCode> {
+        let Self::Store { keys, on_leak, .. } = self else {
+            anyhow::bail!(
+                "report-leak acts on the store directly; run it without --admin-url, where the config's store is reachable"
+            );
+        };
+        let mut token = zeroize::Zeroizing::new(String::new());
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut token)
+            .context("cannot read the key from stdin")?;
+        let actor = Actor::cli(&actor(&args.common));
+        let (outcome, record) = keys
+            .report_leak(&token, *on_leak, args.source.as_deref(), &actor)
+            .await?;
+        let view = record.as_ref().map(|r| self.view(r));
+        if args.common.json {
+            println!(
+                "{}",
+                json!({
+                    "outcome": outcome.as_str(),
+                    "label": if outcome.is_true_positive() { "true_positive" } else { "false_positive" },
+                    "key": view,
+                })
+            );
+        } else {
+            match &view {
+                Some(v) => println!(
+                    "{}: key {} ({}…), now {}",
+                    outcome.as_str(),
+                    v["id"].as_str().unwrap_or("?"),
+                    v["prefix"].as_str().unwrap_or("?"),
+                    v["status"].as_str().unwrap_or("?")
+                ),
+                None => println!(
+                    "{}: {}; nothing changed",
+                    outcome.as_str(),
+                    if outcome == manage::LeakOutcome::NotAKey {
+                        "not a key of this deployment (prefix, shape or checksum)"
+                    } else {
+                        "no key matches"
+                    }
+                ),
+            }
+        }
+        Ok(if outcome.is_true_positive() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        })
     }
 
     fn view(&self, record: &KeyRecord) -> Value {
@@ -326,11 +400,28 @@ impl Target {
             None => None,
         };
         match self {
-            Self::Store { keys, .. } => {
+            Self::Store { keys, clock, .. } => {
+                let idle_since = match &args.idle {
+                    Some(s) => {
+                        let idle = crate::config::parse_duration(s)
+                            .and_then(|d| chrono::Duration::from_std(d).ok())
+                            .with_context(|| {
+                                format!("--idle `{s}` must be a duration like 30d, 12h or 90m")
+                            })?;
+                        Some(
+                            clock
+                                .now()
+                                .checked_sub_signed(idle)
+                                .unwrap_or(DateTime::<Utc>::UNIX_EPOCH),
+                        )
+                    }
+                    None => None,
+                };
                 let query = ListQuery {
                     org: args.org,
                     search: args.search,
                     status,
+                    idle_since,
                     page: args.page,
                     limit: args.limit,
                 };
@@ -343,6 +434,7 @@ impl Target {
                     ("page", Some(args.page.to_string())),
                     ("limit", Some(args.limit.to_string())),
                     ("org", args.org),
+                    ("idle", args.idle),
                     ("search", args.search),
                     ("status", args.status),
                 ]);

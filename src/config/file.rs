@@ -29,6 +29,8 @@ pub struct File {
     pub cache: Cache,
     /// Identity headers sent upstream.
     pub identity: Identity,
+    /// Key hygiene: idle keys, leaked keys.
+    pub hygiene: Hygiene,
     /// Routes, tried in file order.
     #[serde(rename = "route")]
     pub routes: Vec<Route>,
@@ -244,6 +246,26 @@ impl Default for Identity {
         Self {
             header_prefix: spanned("X-Keygate-".into()),
             signing_key: None,
+        }
+    }
+}
+
+/// `[hygiene]`
+#[derive(Debug, Deserialize)]
+#[serde(default)]
+pub struct Hygiene {
+    /// Pause keys unused for this long (by last use, or creation when never used),
+    /// e.g. `90d`. Absent = off.
+    pub pause_after_idle: Option<Spanned<String>>,
+    /// What a leak report does to its key: `pause` (default) or `revoke`.
+    pub on_leak: Spanned<String>,
+}
+
+impl Default for Hygiene {
+    fn default() -> Self {
+        Self {
+            pause_after_idle: None,
+            on_leak: spanned("pause".into()),
         }
     }
 }

@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use validate::{Config, StoreSettings};
+pub use validate::{Config, Hygiene, StoreSettings};
 
 /// Where environment overrides come from (the process, or a map in tests).
 pub trait Env {

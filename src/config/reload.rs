@@ -3,7 +3,7 @@
 //! Swapped on reload: routes, `[proxy]` upstream/timeouts/pool/`key_header`/
 //! `unmatched`/`access_log`/`shutdown_grace`, `[identity]`, `keys.revoked_status` and
 //! `quota.limit`. Fixed until restart: listen addresses, `proxy.workers`, `[store]`,
-//! `[redis]`, `[admin]`, `[cache]`, `keys.prefix`/`keys.environment` and
+//! `[redis]`, `[admin]`, `[cache]`, `[hygiene]`, `keys.prefix`/`keys.environment` and
 //! `quota.period`/`quota.on_redis_error`.
 
 use super::Config;
@@ -24,6 +24,7 @@ pub fn merge(running: &Config, new: Config) -> (Config, Vec<&'static str>) {
     note(new.redis != running.redis, "redis");
     note(new.admin != running.admin, "admin");
     note(new.cache != running.cache, "cache");
+    note(new.hygiene != running.hygiene, "hygiene");
     note(
         new.auth.credentials.format != running.auth.credentials.format,
         "keys.prefix/keys.environment",

@@ -33,19 +33,45 @@ fn the_example_config_loads() {
     assert_eq!(config.admin.expect("admin").listen.to_string(), "127.0.0.1:9091");
 }
 
-#[test]
-fn the_example_redis_table_loads_when_uncommented() {
+/// The commented-out `table` of the example config, uncommented.
+fn example_block(table: &str) -> String {
     let example = include_str!("../../config/keygate.toml");
-    let start = example.find("# [redis]").expect("commented [redis] table");
-    let block: String = example[start..]
+    let start = example
+        .find(&format!("# [{table}]"))
+        .unwrap_or_else(|| panic!("commented [{table}] table"));
+    example[start..]
         .lines()
         .take_while(|l| l.starts_with('#'))
         .map(|l| l.strip_prefix("# ").unwrap_or(l))
         .filter(|l| !l.starts_with('#'))
         .map(|l| format!("{l}\n"))
-        .collect();
+        .collect()
+}
+
+#[test]
+fn the_example_redis_table_loads_when_uncommented() {
+    let block = example_block("redis");
     let config = parse(&block, &env(&[])).unwrap_or_else(|d| panic!("{block}\n{d:?}"));
     assert_eq!(config.redis.expect("redis").url, "redis://127.0.0.1:6379");
+}
+
+#[test]
+fn the_example_hygiene_table_loads_when_uncommented() {
+    let block = example_block("hygiene");
+    let config = parse(&block, &env(&[])).unwrap_or_else(|d| panic!("{block}\n{d:?}"));
+    assert_eq!(
+        config.hygiene.pause_after_idle,
+        Some(std::time::Duration::from_secs(90 * 86_400))
+    );
+    assert_eq!(config.hygiene.on_leak, crate::manage::OnLeak::Pause);
+    let errors = messages("[hygiene]\npause_after_idle = \"10m\"\non_leak = \"delete\"\n");
+    assert_eq!(
+        errors,
+        [
+            "2:20: hygiene.pause_after_idle: must be at least 1h",
+            "3:11: hygiene.on_leak: `delete` must be `pause` or `revoke`",
+        ]
+    );
 }
 
 #[test]

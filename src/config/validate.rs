@@ -33,6 +33,17 @@ pub struct Config {
     pub redis: Option<cache::redis::Settings>,
     /// Admin/ops listener address, when configured.
     pub admin: Option<crate::admin::Settings>,
+    /// Idle and leaked keys.
+    pub hygiene: Hygiene,
+}
+
+/// `[hygiene]`: what happens to keys nobody uses and keys reported as leaked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Hygiene {
+    /// Pause keys unused for this long; `None` = never.
+    pub pause_after_idle: Option<Duration>,
+    /// What a leak report does to its key.
+    pub on_leak: crate::manage::OnLeak,
 }
 
 /// Where the admin store is and how often it is read and written.
@@ -312,6 +323,27 @@ fn build(file: &File, env: &dyn Env, check: &mut Check<'_>) -> Config {
     });
 
     let routes = routes(&file.routes, other_credentials, &mut upstreams, check);
+    let h = &file.hygiene;
+    let hygiene = Hygiene {
+        pause_after_idle: h.pause_after_idle.as_ref().map(|d| {
+            let idle = check.duration(d, "hygiene.pause_after_idle");
+            if idle < Duration::from_secs(3600) {
+                check.error(d.span(), "hygiene.pause_after_idle: must be at least 1h");
+            }
+            idle
+        }),
+        on_leak: match h.on_leak.get_ref().as_str() {
+            "pause" => crate::manage::OnLeak::Pause,
+            "revoke" => crate::manage::OnLeak::Revoke,
+            other => {
+                check.error(
+                    h.on_leak.span(),
+                    format!("hygiene.on_leak: `{other}` must be `pause` or `revoke`"),
+                );
+                crate::manage::OnLeak::Pause
+            }
+        },
+    };
 
     Config {
         proxy: proxy::Settings {
@@ -343,6 +375,7 @@ fn build(file: &File, env: &dyn Env, check: &mut Check<'_>) -> Config {
         store,
         redis,
         admin,
+        hygiene,
     }
 }
 

@@ -48,6 +48,9 @@ pub struct ListQuery {
     pub search: Option<String>,
     /// Only keys in this status (`active`, `paused`, `expired`, `revoked`).
     pub status: Option<crate::keys::Status>,
+    /// Only keys not used since this instant (by last use, or creation when never
+    /// used); last use is written in batches, so up to a flush interval behind.
+    pub idle_since: Option<DateTime<Utc>>,
     /// 1-based page.
     pub page: u32,
     /// Page size.
@@ -133,6 +136,16 @@ pub struct Actor {
 }
 
 impl Actor {
+    /// keygate itself (the idle-key sweep).
+    pub fn system() -> Self {
+        Self {
+            name: "system".to_owned(),
+            key_id: None,
+            client_ip: None,
+            auth_method: "system",
+        }
+    }
+
     /// Someone using the CLI on the store directly.
     pub fn cli(name: &str) -> Self {
         Self {
@@ -300,7 +313,8 @@ impl Store {
         }
     }
 
-    /// Pauses or resumes a key; `None` when the key does not exist.
+    /// Pauses or resumes a key, with `detail` in its audit entry (`{}` when there is
+    /// nothing to add); `None` when the key does not exist.
     ///
     /// # Errors
     /// On database failure.
@@ -309,15 +323,36 @@ impl Store {
         id: Uuid,
         paused: bool,
         actor: &Actor,
+        detail: serde_json::Value,
     ) -> Result<Option<KeyRecord>, Error> {
         match self {
-            Self::Sqlite(s) => s.set_paused(id, paused, actor).await,
-            Self::Postgres(s) => s.set_paused(id, paused, actor).await,
+            Self::Sqlite(s) => s.set_paused(id, paused, actor, detail).await,
+            Self::Postgres(s) => s.set_paused(id, paused, actor, detail).await,
         }
     }
 
-    /// Revokes a key as of `at` (irreversible; an earlier revocation stands).
-    /// `None` when the key does not exist.
+    /// Pauses key `id` only if it is still active and still unused since
+    /// `idle_since` (checked in the same statement, so a key used or paused
+    /// meanwhile, e.g. by another replica's sweep, is left alone); `None` then.
+    ///
+    /// # Errors
+    /// On database failure.
+    pub async fn pause_if_idle(
+        &self,
+        id: Uuid,
+        idle_since: DateTime<Utc>,
+        now: DateTime<Utc>,
+        actor: &Actor,
+        detail: serde_json::Value,
+    ) -> Result<Option<KeyRecord>, Error> {
+        match self {
+            Self::Sqlite(s) => s.pause_if_idle(id, idle_since, now, actor, detail).await,
+            Self::Postgres(s) => s.pause_if_idle(id, idle_since, now, actor, detail).await,
+        }
+    }
+
+    /// Revokes a key as of `at` (irreversible; an earlier revocation stands), with
+    /// `detail` in its audit entry. `None` when the key does not exist.
     ///
     /// # Errors
     /// On database failure.
@@ -326,10 +361,11 @@ impl Store {
         id: Uuid,
         at: DateTime<Utc>,
         actor: &Actor,
+        detail: serde_json::Value,
     ) -> Result<Option<KeyRecord>, Error> {
         match self {
-            Self::Sqlite(s) => s.revoke(id, at, actor).await,
-            Self::Postgres(s) => s.revoke(id, at, actor).await,
+            Self::Sqlite(s) => s.revoke(id, at, actor, detail).await,
+            Self::Postgres(s) => s.revoke(id, at, actor, detail).await,
         }
     }
 

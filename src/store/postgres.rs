@@ -32,6 +32,27 @@ pub struct Postgres {
 
 type Tx = sqlx::Transaction<'static, sqlx::Postgres>;
 
+/// After an update of key `id` that matched `affected` rows: its record and an audit
+/// entry for `action`, committed; `None` (nothing written) when it matched none.
+async fn audited(
+    mut tx: Tx,
+    affected: u64,
+    id: Uuid,
+    actor: &Actor,
+    action: &str,
+    detail: serde_json::Value,
+) -> Result<Option<KeyRecord>, Error> {
+    if affected == 0 {
+        return Ok(None);
+    }
+    let record = get(&mut *tx, id).await?;
+    if let Some(r) = &record {
+        audit(&mut tx, actor, action, r, detail).await?;
+    }
+    tx.commit().await?;
+    Ok(record)
+}
+
 impl Postgres {
     pub(super) async fn open(url: &str) -> Result<Self, Error> {
         let pool = PgPoolOptions::new()
@@ -71,7 +92,8 @@ impl Postgres {
                 WHEN revoked_at IS NOT NULL AND revoked_at <= $4 THEN 'revoked' \
                 WHEN paused THEN 'paused' \
                 WHEN expires_at IS NOT NULL AND expires_at <= $4 THEN 'expired' \
-                ELSE 'active' END) = $3)";
+                ELSE 'active' END) = $3) \
+            AND ($5::timestamptz IS NULL OR COALESCE(last_used_at, created_at) < $5)";
         let search = q.search.as_ref().map(|s| super::like_pattern(s));
         let status = q.status.map(Status::as_str);
         let limit = q.limit.clamp(1, 1000);
@@ -81,16 +103,18 @@ impl Postgres {
             .bind(&search)
             .bind(status)
             .bind(now)
+            .bind(q.idle_since)
             .fetch_one(&self.pool)
             .await?
             .try_get(0)?;
         let sql =
-            format!("SELECT {COLUMNS} FROM keys {FILTER} ORDER BY created_at DESC, id LIMIT $5 OFFSET $6");
+            format!("SELECT {COLUMNS} FROM keys {FILTER} ORDER BY created_at DESC, id LIMIT $6 OFFSET $7");
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(&q.org)
             .bind(&search)
             .bind(status)
             .bind(now)
+            .bind(q.idle_since)
             .bind(i64::from(limit))
             .bind(i64::from(page - 1) * i64::from(limit))
             .fetch_all(&self.pool)
@@ -139,6 +163,7 @@ impl Postgres {
         id: Uuid,
         paused: bool,
         actor: &Actor,
+        detail: serde_json::Value,
     ) -> Result<Option<KeyRecord>, Error> {
         let mut tx = self.pool.begin().await?;
         let done = sqlx::query("UPDATE keys SET paused = $2 WHERE id = $1")
@@ -146,16 +171,30 @@ impl Postgres {
             .bind(paused)
             .execute(&mut *tx)
             .await?;
-        if done.rows_affected() == 0 {
-            return Ok(None);
-        }
-        let record = get(&mut *tx, id).await?;
-        if let Some(r) = &record {
-            let action = if paused { "pause" } else { "resume" };
-            audit(&mut tx, actor, action, r, serde_json::json!({})).await?;
-        }
-        tx.commit().await?;
-        Ok(record)
+        let action = if paused { "pause" } else { "resume" };
+        audited(tx, done.rows_affected(), id, actor, action, detail).await
+    }
+
+    pub(super) async fn pause_if_idle(
+        &self,
+        id: Uuid,
+        idle_since: DateTime<Utc>,
+        now: DateTime<Utc>,
+        actor: &Actor,
+        detail: serde_json::Value,
+    ) -> Result<Option<KeyRecord>, Error> {
+        let mut tx = self.pool.begin().await?;
+        let done = sqlx::query(
+            "UPDATE keys SET paused = true WHERE id = $1 AND NOT paused \
+             AND (revoked_at IS NULL OR revoked_at > $3) AND (expires_at IS NULL OR expires_at > $3) \
+             AND COALESCE(last_used_at, created_at) < $2",
+        )
+        .bind(id)
+        .bind(idle_since)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        audited(tx, done.rows_affected(), id, actor, "pause", detail).await
     }
 
     pub(super) async fn revoke(
@@ -163,11 +202,12 @@ impl Postgres {
         id: Uuid,
         at: DateTime<Utc>,
         actor: &Actor,
+        detail: serde_json::Value,
     ) -> Result<Option<KeyRecord>, Error> {
         let mut tx = self.pool.begin().await?;
         let record = revoke(&mut tx, id, at).await?;
         if let Some(r) = &record {
-            audit(&mut tx, actor, "revoke", r, serde_json::json!({})).await?;
+            audit(&mut tx, actor, "revoke", r, detail).await?;
         }
         tx.commit().await?;
         Ok(record)

@@ -78,10 +78,12 @@ impl Sqlite {
                 WHEN revoked_at IS NOT NULL AND revoked_at <= $4 THEN 'revoked' \
                 WHEN paused <> 0 THEN 'paused' \
                 WHEN expires_at IS NOT NULL AND expires_at <= $4 THEN 'expired' \
-                ELSE 'active' END) = $3)";
+                ELSE 'active' END) = $3) \
+            AND ($5 IS NULL OR COALESCE(last_used_at, created_at) < $5)";
         let search = q.search.as_ref().map(|s| super::like_pattern(s));
         let status = q.status.map(Status::as_str);
         let now = format_ts(now);
+        let idle_since = q.idle_since.map(format_ts);
         let limit = q.limit.clamp(1, 1000);
         let page = q.page.max(1);
         let total: i64 = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT COUNT(*) FROM keys {FILTER}")))
@@ -89,16 +91,18 @@ impl Sqlite {
             .bind(&search)
             .bind(status)
             .bind(&now)
+            .bind(&idle_since)
             .fetch_one(&self.pool)
             .await?
             .try_get(0)?;
         let sql =
-            format!("SELECT {COLUMNS} FROM keys {FILTER} ORDER BY created_at DESC, id LIMIT $5 OFFSET $6");
+            format!("SELECT {COLUMNS} FROM keys {FILTER} ORDER BY created_at DESC, id LIMIT $6 OFFSET $7");
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(&q.org)
             .bind(&search)
             .bind(status)
             .bind(&now)
+            .bind(&idle_since)
             .bind(i64::from(limit))
             .bind(i64::from(page - 1) * i64::from(limit))
             .fetch_all(&self.pool)
@@ -145,6 +149,7 @@ impl Sqlite {
         id: Uuid,
         paused: bool,
         actor: &Actor,
+        detail: serde_json::Value,
     ) -> Result<Option<KeyRecord>, Error> {
         let mut tx = self.pool.begin().await?;
         let done = sqlx::query("UPDATE keys SET paused = $2 WHERE id = $1")
@@ -152,16 +157,30 @@ impl Sqlite {
             .bind(paused)
             .execute(&mut *tx)
             .await?;
-        if done.rows_affected() == 0 {
-            return Ok(None);
-        }
         let action = if paused { "pause" } else { "resume" };
-        let record = get(&mut *tx, id).await?;
-        if let Some(r) = &record {
-            audit(&mut tx, actor, action, r, serde_json::json!({})).await?;
-        }
-        tx.commit().await?;
-        Ok(record)
+        audited(tx, done.rows_affected(), id, actor, action, detail).await
+    }
+
+    pub(super) async fn pause_if_idle(
+        &self,
+        id: Uuid,
+        idle_since: DateTime<Utc>,
+        now: DateTime<Utc>,
+        actor: &Actor,
+        detail: serde_json::Value,
+    ) -> Result<Option<KeyRecord>, Error> {
+        let mut tx = self.pool.begin().await?;
+        let done = sqlx::query(
+            "UPDATE keys SET paused = 1 WHERE id = $1 AND paused = 0 \
+             AND (revoked_at IS NULL OR revoked_at > $3) AND (expires_at IS NULL OR expires_at > $3) \
+             AND COALESCE(last_used_at, created_at) < $2",
+        )
+        .bind(id.to_string())
+        .bind(format_ts(idle_since))
+        .bind(format_ts(now))
+        .execute(&mut *tx)
+        .await?;
+        audited(tx, done.rows_affected(), id, actor, "pause", detail).await
     }
 
     pub(super) async fn revoke(
@@ -169,11 +188,12 @@ impl Sqlite {
         id: Uuid,
         at: DateTime<Utc>,
         actor: &Actor,
+        detail: serde_json::Value,
     ) -> Result<Option<KeyRecord>, Error> {
         let mut tx = self.pool.begin().await?;
         let record = revoke(&mut tx, id, at).await?;
         if let Some(r) = &record {
-            audit(&mut tx, actor, "revoke", r, serde_json::json!({})).await?;
+            audit(&mut tx, actor, "revoke", r, detail).await?;
         }
         tx.commit().await?;
         Ok(record)
@@ -396,6 +416,27 @@ impl Sqlite {
 }
 
 type Tx = sqlx::Transaction<'static, sqlx::Sqlite>;
+
+/// After an update of key `id` that matched `affected` rows: its record and an audit
+/// entry for `action`, committed; `None` (nothing written) when it matched none.
+async fn audited(
+    mut tx: Tx,
+    affected: u64,
+    id: Uuid,
+    actor: &Actor,
+    action: &str,
+    detail: serde_json::Value,
+) -> Result<Option<KeyRecord>, Error> {
+    if affected == 0 {
+        return Ok(None);
+    }
+    let record = get(&mut *tx, id).await?;
+    if let Some(r) = &record {
+        audit(&mut tx, actor, action, r, detail).await?;
+    }
+    tx.commit().await?;
+    Ok(record)
+}
 
 async fn get<'e, E>(executor: E, id: Uuid) -> Result<Option<KeyRecord>, Error>
 where

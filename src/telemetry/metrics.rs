@@ -23,6 +23,7 @@ pub struct Metrics {
     dependency_errors: IntCounterVec,
     reloads: IntCounterVec,
     reload_ok: IntGauge,
+    hygiene: IntCounterVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -104,6 +105,15 @@ impl Metrics {
         )
         .expect("valid metric");
         reload_ok.set(1);
+        let hygiene = IntCounterVec::new(
+            Opts::new(
+                "keygate_keys_quarantined_total",
+                "Keys paused by keygate's own policy, by reason (idle: [hygiene] pause_after_idle).",
+            ),
+            &["reason"],
+        )
+        .expect("valid metric");
+        hygiene.with_label_values(&["idle"]);
         let build = IntGaugeVec::new(
             Opts::new("keygate_build_info", "Always 1; labels name the build."),
             &["version"],
@@ -119,6 +129,7 @@ impl Metrics {
             Box::new(dependency_errors.clone()),
             Box::new(reloads.clone()),
             Box::new(reload_ok.clone()),
+            Box::new(hygiene.clone()),
             Box::new(build),
         ] {
             registry.register(m).expect("unique metric names");
@@ -133,7 +144,13 @@ impl Metrics {
             dependency_errors,
             reloads,
             reload_ok,
+            hygiene,
         }
+    }
+
+    /// Counts `n` keys quarantined for `reason` (`idle`).
+    pub fn quarantined(&self, reason: &str, n: u64) {
+        self.hygiene.with_label_values(&[reason]).inc_by(n);
     }
 
     /// Counts one finished request.
