@@ -227,3 +227,151 @@ async fn keys_unused_for_pause_after_idle_are_paused_by_system(backend: common::
     assert_eq!(app.get("/v1/orgs/acme/items/1", &used).await.status(), 401);
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signed_github_report_pauses_the_key_and_an_unsigned_or_badly_signed_one_changes_nothing() {
+    use base64::Engine as _;
+    use p256::ecdsa::signature::Signer as _;
+    use p256::ecdsa::{Signature, SigningKey};
+    use p256::pkcs8::EncodePublicKey as _;
+
+    let github = SigningKey::from_slice(&[7u8; 32]).expect("signing key");
+    let impostor = SigningKey::from_slice(&[9u8; 32]).expect("signing key");
+    let pem = github
+        .verifying_key()
+        .to_public_key_pem(p256::pkcs8::LineEnding::LF)
+        .expect("pem");
+    let keys_dir = tempfile::tempdir().expect("tempdir");
+    let keys_file = keys_dir.path().join("github-keys.json");
+    std::fs::write(
+        &keys_file,
+        serde_json::json!({"public_keys": [
+            {"key_identifier": "old-key", "key": impostor.verifying_key().to_public_key_pem(p256::pkcs8::LineEnding::LF).expect("pem"), "is_current": false},
+            {"key_identifier": "current-key", "key": pem, "is_current": true},
+        ]})
+        .to_string(),
+    )
+    .expect("keys file");
+    let app = common::TestApp::with(common::Options {
+        extra: format!("[hygiene]\ngithub_public_keys = \"{}\"\n", keys_file.display()),
+        ..common::Options::default()
+    })
+    .await
+    .expect("app");
+    let (key, record) = app.acme_key(&["read"]).await;
+    let fake = format!("kg_live_{}", "A".repeat(38));
+    let body = serde_json::json!([
+        {"token": key, "type": "keygate_api_key", "url": "https://github.com/acme/app/blob/main/.env", "source": "content"},
+        {"token": fake, "type": "keygate_api_key", "url": "https://github.com/acme/app/blob/main/README.md", "source": "content"},
+    ])
+    .to_string();
+    let sign = |k: &SigningKey, bytes: &str| {
+        let sig: Signature = k.sign(bytes.as_bytes());
+        base64::engine::general_purpose::STANDARD.encode(sig.to_der().as_bytes())
+    };
+    let client = reqwest::Client::new();
+    let url = app.admin_url("/v1/secret-scanning/github");
+    let post = |id: &'static str, signature: Option<String>, body: String| {
+        let mut req = client
+            .post(&url)
+            .header("content-type", "application/json")
+            .header("github-public-key-identifier", id)
+            .body(body);
+        if let Some(s) = signature {
+            req = req.header("github-public-key-signature", s);
+        }
+        req.send()
+    };
+    assert_eq!(status_of(&app, record.id).await, keygate::keys::Status::Active);
+
+    let refusals = [
+        (
+            "unsigned",
+            post("current-key", None, body.clone()).await.expect("post"),
+        ),
+        (
+            "signed by another key under the current key's name",
+            post("current-key", Some(sign(&impostor, &body)), body.clone())
+                .await
+                .expect("post"),
+        ),
+        (
+            "a signature over another body",
+            post("current-key", Some(sign(&github, "[]")), body.clone())
+                .await
+                .expect("post"),
+        ),
+        (
+            "an unknown key identifier",
+            post("no-such-key", Some(sign(&github, &body)), body.clone())
+                .await
+                .expect("post"),
+        ),
+        (
+            "garbage in the signature header",
+            post("current-key", Some("not base64!".into()), body.clone())
+                .await
+                .expect("post"),
+        ),
+    ];
+    for (what, resp) in refusals {
+        assert_eq!(resp.status(), 401, "{what}");
+        let err: Value = resp.json().await.expect("error JSON");
+        assert_eq!(err["error"]["code"], "invalid_signature", "{what}");
+        println!("{what}: 401 invalid_signature");
+    }
+    assert_eq!(
+        status_of(&app, record.id).await,
+        keygate::keys::Status::Active,
+        "refused reports change nothing"
+    );
+
+    let resp = post("current-key", Some(sign(&github, &body)), body.clone())
+        .await
+        .expect("post");
+    assert_eq!(resp.status(), 200);
+    let labels: Value = resp.json().await.expect("labels");
+    let masked = body.replace(&key, &format!("{}…(redacted)", &key[..16]));
+    println!("POST /v1/secret-scanning/github\n{masked}\n-> 200 {labels}");
+    let hash = |t: &str| keygate::keys::KeyHash::of(t).to_hex();
+    assert_eq!(
+        labels,
+        serde_json::json!([
+            {"token_hash": hash(&key), "token_type": "keygate_api_key", "label": "true_positive"},
+            {"token_hash": hash(&fake), "token_type": "keygate_api_key", "label": "false_positive"},
+        ])
+    );
+    assert!(
+        !labels.to_string().contains(&key),
+        "the answer never echoes a token"
+    );
+    assert_eq!(status_of(&app, record.id).await, keygate::keys::Status::Paused);
+    println!("key status: active before, paused after");
+    assert_eq!(app.get("/v1/orgs/acme/items/1", &key).await.status(), 401);
+    let store = keygate::store::Store::open(&app.store_url())
+        .await
+        .expect("store");
+    let entry = store.audit(None, 1, 1).await.expect("audit").items.remove(0);
+    assert_eq!(entry.actor, "github-secret-scanning");
+    assert_eq!(entry.auth_method, "secret_scanning");
+    assert_eq!(
+        entry.detail["source"],
+        "https://github.com/acme/app/blob/main/.env"
+    );
+    store.close().await;
+    assert!(
+        app.metrics()
+            .await
+            .contains("keygate_keys_quarantined_total{reason=\"leak\"} 1")
+    );
+    app.stop().await;
+}
+
+async fn status_of(app: &common::TestApp, id: uuid::Uuid) -> keygate::keys::Status {
+    app.app()
+        .keys()
+        .get(id)
+        .await
+        .expect("get")
+        .status(chrono::Utc::now())
+}

@@ -8,6 +8,7 @@
 pub mod auth;
 pub mod error;
 pub mod keys;
+pub mod leaks;
 pub mod openapi;
 
 use std::net::SocketAddr;
@@ -64,6 +65,10 @@ pub struct Inner {
     pub max_failed_auth: u32,
     /// Metrics, for `/metrics`.
     pub metrics: Arc<crate::telemetry::Metrics>,
+    /// What a leak report does to its key.
+    pub on_leak: manage::OnLeak,
+    /// GitHub's secret scanning keys; `None` = reports are off.
+    pub github_keys: Option<leaks::GithubKeys>,
 }
 
 impl std::ops::Deref for State {
@@ -94,6 +99,7 @@ pub fn router(state: State) -> Router {
         .route("/v1/keys/{id}/rotate", post(keys::rotate))
         .route("/v1/keys/{id}/usage", get(keys::usage))
         .route("/v1/audit", get(keys::audit))
+        .route("/v1/secret-scanning/github", post(leaks::github))
         .route("/openapi.json", get(openapi_json))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))

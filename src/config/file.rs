@@ -259,6 +259,10 @@ pub struct Hygiene {
     pub pause_after_idle: Option<Spanned<String>>,
     /// What a leak report does to its key: `pause` (default) or `revoke`.
     pub on_leak: Spanned<String>,
+    /// GitHub's secret scanning public keys (the JSON document of
+    /// `GET https://api.github.com/meta/public_keys/secret_scanning`, saved to a
+    /// file). Set = the admin listener accepts signed reports. Absent = off.
+    pub github_public_keys: Option<Spanned<String>>,
 }
 
 impl Default for Hygiene {
@@ -266,6 +270,7 @@ impl Default for Hygiene {
         Self {
             pause_after_idle: None,
             on_leak: spanned("pause".into()),
+            github_public_keys: None,
         }
     }
 }

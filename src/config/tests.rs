@@ -290,3 +290,29 @@ fn other_credentials_default_for_routes_and_a_route_may_override_it() {
         ]
     );
 }
+
+#[test]
+fn github_public_keys_must_be_a_readable_key_document() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bad = dir.path().join("keys.json");
+    std::fs::write(
+        &bad,
+        r#"{"public_keys": [{"key_identifier": "k1", "key": "not a pem"}]}"#,
+    )
+    .expect("write");
+    let errors = messages(&format!(
+        "[hygiene]\ngithub_public_keys = \"{}\"\n",
+        bad.display()
+    ));
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(
+        errors[0].starts_with("2:22: hygiene.github_public_keys:"),
+        "{errors:?}"
+    );
+    assert!(
+        errors[0].ends_with("key `k1` is not a P-256 public key in PEM"),
+        "{errors:?}"
+    );
+    let missing = messages("[hygiene]\ngithub_public_keys = \"/nonexistent/keys.json\"\n");
+    assert!(missing[0].contains("/nonexistent/keys.json"), "{missing:?}");
+}

@@ -38,12 +38,15 @@ pub struct Config {
 }
 
 /// `[hygiene]`: what happens to keys nobody uses and keys reported as leaked.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Hygiene {
     /// Pause keys unused for this long; `None` = never.
     pub pause_after_idle: Option<Duration>,
     /// What a leak report does to its key.
     pub on_leak: crate::manage::OnLeak,
+    /// GitHub's secret scanning public key document (checked at load); `None` =
+    /// reports are off.
+    pub github_public_keys: Option<std::path::PathBuf>,
 }
 
 /// Where the admin store is and how often it is read and written.
@@ -343,6 +346,22 @@ fn build(file: &File, env: &dyn Env, check: &mut Check<'_>) -> Config {
                 crate::manage::OnLeak::Pause
             }
         },
+        github_public_keys: h.github_public_keys.as_ref().and_then(|p| {
+            let path = std::path::PathBuf::from(p.get_ref());
+            let checked = std::fs::read_to_string(&path)
+                .map_err(|e| e.to_string())
+                .and_then(|text| crate::admin::leaks::GithubKeys::parse(&text).map(|_| ()));
+            match checked {
+                Ok(()) => Some(path),
+                Err(e) => {
+                    check.error(
+                        p.span(),
+                        format!("hygiene.github_public_keys: `{}`: {e}", p.get_ref()),
+                    );
+                    None
+                }
+            }
+        }),
     };
 
     Config {

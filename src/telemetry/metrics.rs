@@ -108,12 +108,14 @@ impl Metrics {
         let hygiene = IntCounterVec::new(
             Opts::new(
                 "keygate_keys_quarantined_total",
-                "Keys paused by keygate's own policy, by reason (idle: [hygiene] pause_after_idle).",
+                "Keys paused or revoked by keygate's own policy, by reason (idle: [hygiene] pause_after_idle; leak: a verified secret scanning report).",
             ),
             &["reason"],
         )
         .expect("valid metric");
-        hygiene.with_label_values(&["idle"]);
+        for reason in ["idle", "leak"] {
+            hygiene.with_label_values(&[reason]);
+        }
         let build = IntGaugeVec::new(
             Opts::new("keygate_build_info", "Always 1; labels name the build."),
             &["version"],
@@ -148,7 +150,7 @@ impl Metrics {
         }
     }
 
-    /// Counts `n` keys quarantined for `reason` (`idle`).
+    /// Counts `n` keys quarantined for `reason` (`idle` or `leak`).
     pub fn quarantined(&self, reason: &str, n: u64) {
         self.hygiene.with_label_values(&[reason]).inc_by(n);
     }
