@@ -341,8 +341,9 @@ pub struct ListParams {
     #[param(schema_with = status_filter_schema, required = false)]
     pub status: Option<String>,
     /// Only keys unused for this long (by last use, or creation when never used),
-    /// e.g. `30d` (1-6 digits and a unit): the candidates of `[hygiene] pause_after_idle`.
-    #[param(pattern = r"^[0-9]{1,6}(ms|s|m|h|d)$")]
+    /// e.g. `30d` (1-6 digits and a unit; empty = no filter): the candidates of
+    /// `[hygiene] pause_after_idle`.
+    #[param(pattern = r"^([0-9]{1,6}(ms|s|m|h|d))?$")]
     pub idle: Option<String>,
 }
 
