@@ -56,6 +56,17 @@ pub enum Error {
     Random(#[from] crate::keys::secret::RandomError),
 }
 
+/// The instant a key must not have been used since to be idle for `idle` at `now`;
+/// the Unix epoch when that is further back than the calendar reaches (no key is
+/// that idle). `None` when `idle` is too long to be a chrono duration at all.
+pub fn idle_since(now: DateTime<Utc>, idle: std::time::Duration) -> Option<DateTime<Utc>> {
+    let idle = Duration::from_std(idle).ok()?;
+    Some(
+        now.checked_sub_signed(idle)
+            .unwrap_or(DateTime::<Utc>::UNIX_EPOCH),
+    )
+}
+
 /// What a leak report does to its key (`[hygiene] on_leak`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum OnLeak {
@@ -96,6 +107,15 @@ impl LeakOutcome {
     /// Whether the report named a real key of this deployment.
     pub fn is_true_positive(self) -> bool {
         matches!(self, Self::Paused | Self::Revoked | Self::AlreadyRevoked)
+    }
+
+    /// `true_positive` or `false_positive`, as secret scanning services label tokens.
+    pub fn label(self) -> &'static str {
+        if self.is_true_positive() {
+            "true_positive"
+        } else {
+            "false_positive"
+        }
     }
 }
 
@@ -263,10 +283,7 @@ impl Keys {
     /// The store; keys paused before the failure stay paused.
     pub async fn pause_idle(&self, idle: std::time::Duration) -> Result<Vec<KeyRecord>, Error> {
         let now = self.clock.now();
-        let idle_since = Duration::from_std(idle)
-            .ok()
-            .and_then(|idle| now.checked_sub_signed(idle))
-            .unwrap_or(DateTime::<Utc>::UNIX_EPOCH);
+        let idle_since = idle_since(now, idle).unwrap_or(DateTime::<Utc>::UNIX_EPOCH);
         let query = ListQuery {
             status: Some(crate::keys::Status::Active),
             idle_since: Some(idle_since),

@@ -557,19 +557,11 @@ pub async fn list(
     };
     let idle_since = match params.idle.as_deref() {
         None | Some("") => None,
-        Some(s) => {
-            let idle = crate::config::parse_duration(s)
-                .and_then(|d| chrono::Duration::from_std(d).ok())
-                .ok_or_else(|| ApiError::invalid("idle must be a duration like 30d, 12h or 90m"))?;
-            // Longer ago than the calendar reaches: no key is that idle.
-            Some(
-                state
-                    .clock
-                    .now()
-                    .checked_sub_signed(idle)
-                    .unwrap_or(DateTime::<Utc>::UNIX_EPOCH),
-            )
-        }
+        Some(s) => Some(
+            crate::config::parse_duration(s)
+                .and_then(|idle| crate::manage::idle_since(state.clock.now(), idle))
+                .ok_or_else(|| ApiError::invalid("idle must be a duration like 30d, 12h or 90m"))?,
+        ),
     };
     let query = ListQuery {
         org,

@@ -169,11 +169,7 @@ pub async fn github(
         labels.push(Label {
             token_hash: KeyHash::of(f.token.trim()).to_hex(),
             token_type: f.token_type.clone(),
-            label: if outcome.is_true_positive() {
-                "true_positive"
-            } else {
-                "false_positive"
-            },
+            label: outcome.label(),
         });
     }
     state.metrics.quarantined("leak", quarantined);

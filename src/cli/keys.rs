@@ -302,7 +302,7 @@ impl Target {
                 "{}",
                 json!({
                     "outcome": outcome.as_str(),
-                    "label": if outcome.is_true_positive() { "true_positive" } else { "false_positive" },
+                    "label": outcome.label(),
                     "key": view,
                 })
             );
@@ -402,19 +402,13 @@ impl Target {
         match self {
             Self::Store { keys, clock, .. } => {
                 let idle_since = match &args.idle {
-                    Some(s) => {
-                        let idle = crate::config::parse_duration(s)
-                            .and_then(|d| chrono::Duration::from_std(d).ok())
+                    Some(s) => Some(
+                        crate::config::parse_duration(s)
+                            .and_then(|idle| manage::idle_since(clock.now(), idle))
                             .with_context(|| {
                                 format!("--idle `{s}` must be a duration like 30d, 12h or 90m")
-                            })?;
-                        Some(
-                            clock
-                                .now()
-                                .checked_sub_signed(idle)
-                                .unwrap_or(DateTime::<Utc>::UNIX_EPOCH),
-                        )
-                    }
+                            })?,
+                    ),
                     None => None,
                 };
                 let query = ListQuery {
