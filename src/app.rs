@@ -117,18 +117,6 @@ pub async fn start(config: Config, clock: SharedClock) -> anyhow::Result<App> {
             Arc::clone(redis).watch_health(Duration::from_millis(200), stopped),
         ));
     }
-    // Checked when the config was loaded; read again here, where it is used.
-    let github_keys = match &config.hygiene.github_public_keys {
-        Some(path) => {
-            let text =
-                std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-            Some(
-                admin::leaks::GithubKeys::parse(&text)
-                    .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?,
-            )
-        }
-        None => None,
-    };
     let admin_addr = match config.admin {
         None => None,
         Some(settings) => {
@@ -148,7 +136,7 @@ pub async fn start(config: Config, clock: SharedClock) -> anyhow::Result<App> {
                 max_failed_auth: settings.max_failed_auth_per_minute,
                 metrics: Arc::clone(&metrics),
                 on_leak: config.hygiene.on_leak,
-                github_keys,
+                github_keys: config.hygiene.github_keys.clone(),
             });
             tasks.push(tokio::spawn(admin::serve(listener, state, stop.subscribe())));
             tracing::info!(%addr, "admin listening");

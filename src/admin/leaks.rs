@@ -31,7 +31,7 @@ use crate::store::Actor;
 const MAX_TOKENS: usize = 1000;
 
 /// GitHub's secret scanning public keys, by identifier.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GithubKeys(Vec<(String, VerifyingKey)>);
 
 #[derive(Deserialize)]

@@ -44,9 +44,9 @@ pub struct Hygiene {
     pub pause_after_idle: Option<Duration>,
     /// What a leak report does to its key.
     pub on_leak: crate::manage::OnLeak,
-    /// GitHub's secret scanning public key document (checked at load); `None` =
-    /// reports are off.
-    pub github_public_keys: Option<std::path::PathBuf>,
+    /// GitHub's secret scanning public keys, read from `github_public_keys` at
+    /// load; `None` = reports are off.
+    pub github_keys: Option<crate::admin::leaks::GithubKeys>,
 }
 
 /// Where the admin store is and how often it is read and written.
@@ -346,13 +346,12 @@ fn build(file: &File, env: &dyn Env, check: &mut Check<'_>) -> Config {
                 crate::manage::OnLeak::Pause
             }
         },
-        github_public_keys: h.github_public_keys.as_ref().and_then(|p| {
-            let path = std::path::PathBuf::from(p.get_ref());
-            let checked = std::fs::read_to_string(&path)
+        github_keys: h.github_public_keys.as_ref().and_then(|p| {
+            let read = std::fs::read_to_string(p.get_ref())
                 .map_err(|e| e.to_string())
-                .and_then(|text| crate::admin::leaks::GithubKeys::parse(&text).map(|_| ()));
-            match checked {
-                Ok(()) => Some(path),
+                .and_then(|text| crate::admin::leaks::GithubKeys::parse(&text));
+            match read {
+                Ok(keys) => Some(keys),
                 Err(e) => {
                     check.error(
                         p.span(),
