@@ -120,7 +120,12 @@ impl Fixture {
                 control,
                 Arc::new(Metrics::new()),
             ));
-            let decider = Decider::new(verifier, Arc::clone(&counters), Arc::clone(&clock));
+            let decider = Decider::new(
+                verifier,
+                Arc::clone(&counters),
+                Arc::new(keygate::quota::rate::Limiter::new(None)),
+                Arc::clone(&clock),
+            );
             let keys = Keys::new(
                 store.clone(),
                 config.auth.credentials.format.clone(),
@@ -176,6 +181,7 @@ impl Fixture {
             path: PATH,
             query: None,
             headers: &self.headers,
+            client: std::net::IpAddr::from([127, 0, 0, 1]),
         }
     }
 
@@ -287,7 +293,15 @@ fn decide(c: &mut Criterion) {
         .match_request(&Method::GET, PATH)
         .expect("route");
     g.bench_function("4_authorize", |b| {
-        b.iter(|| authorize::check(black_box(&record), black_box(&matched), &Method::GET).is_ok());
+        b.iter(|| {
+            authorize::check(
+                black_box(&record),
+                black_box(&matched),
+                &Method::GET,
+                std::net::IpAddr::from([127, 0, 0, 1]),
+            )
+            .is_ok()
+        });
     });
     g.bench_function("5_quota_charge", |b| {
         b.to_async(&rt).iter(|| async {

@@ -25,6 +25,7 @@ use crate::config::{self, Config, Env};
 use crate::manage;
 use crate::proxy;
 use crate::quota::Counters;
+use crate::quota::rate::Limiter;
 use crate::store::Store;
 use crate::telemetry::Metrics;
 
@@ -71,9 +72,11 @@ pub async fn start(config: Config, clock: SharedClock) -> anyhow::Result<App> {
         control,
         Arc::clone(&metrics),
     ));
+    let limiter = Arc::new(Limiter::new(redis.clone()));
     let decider = Arc::new(Decider::new(
         Arc::clone(&verifier),
         Arc::clone(&counters),
+        Arc::clone(&limiter),
         Arc::clone(&clock),
     ));
     let keys = manage::Keys::new(
@@ -94,6 +97,7 @@ pub async fn start(config: Config, clock: SharedClock) -> anyhow::Result<App> {
         )),
         tokio::spawn(flush_periodically(
             Arc::clone(&counters),
+            limiter,
             Arc::clone(&clock),
             config.store.flush_interval,
             stopped.clone(),
@@ -334,8 +338,11 @@ async fn pause_idle_periodically(
     }
 }
 
+/// Writes quota counts and last uses to the store every `every`, and forgets rate
+/// limit buckets that are full again.
 async fn flush_periodically(
     counters: Arc<Counters>,
+    limiter: Arc<Limiter>,
     clock: SharedClock,
     every: Duration,
     mut stopped: watch::Receiver<bool>,
@@ -346,6 +353,7 @@ async fn flush_periodically(
             () = tokio::time::sleep(every) => {}
             _ = stopped.changed() => return,
         }
+        limiter.sweep(clock.now().timestamp_micros());
         match counters.flush(clock.now()).await {
             Ok(()) if failing => {
                 tracing::info!("quota counts written again");

@@ -91,7 +91,7 @@ async fn every_refusal_has_its_status_code_and_json_and_reaches_no_upstream(back
         .key(NewKey {
             restrictions: Restrictions {
                 read_only: true,
-                routes: vec![],
+                ..Restrictions::default()
             },
             ..acme(&["read", "write"])
         })
@@ -99,8 +99,8 @@ async fn every_refusal_has_its_status_code_and_json_and_reaches_no_upstream(back
     let (one_route, _) = app
         .key(NewKey {
             restrictions: Restrictions {
-                read_only: false,
                 routes: vec!["read-items".into()],
+                ..Restrictions::default()
             },
             ..acme(&["read", "execute"])
         })

@@ -14,7 +14,7 @@ use uuid::Uuid;
 use super::State;
 use super::auth::Admin;
 use super::error::{ApiError, ApiJson, ApiPath, ApiQuery};
-use crate::keys::{KeyRecord, Owner, Restrictions, Status};
+use crate::keys::{KeyRecord, Owner, Rate, Restrictions, Status};
 use crate::manage::NewKey;
 use crate::store::{ListQuery, Patch};
 
@@ -28,14 +28,13 @@ const SCOPE_PATTERN: &str = r"^[a-z0-9_.:-]{1,64}$";
 /// The longest rotation overlap: 366 days.
 const MAX_OVERLAP_SECONDS: u64 = 366 * 86_400;
 
-/// A list of scopes, each matching [`SCOPE_PATTERN`].
-fn scopes_schema(nullable: bool, description: &str) -> utoipa::openapi::schema::Array {
-    use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, SchemaType, Type};
-    let item = ObjectBuilder::new()
-        .schema_type(Type::String)
-        .min_length(Some(1))
-        .max_length(Some(64))
-        .pattern(Some(SCOPE_PATTERN));
+/// An array of `item`s, `null` allowed when `nullable`.
+fn list_schema(
+    item: utoipa::openapi::schema::ObjectBuilder,
+    nullable: bool,
+    description: &str,
+) -> utoipa::openapi::schema::ArrayBuilder {
+    use utoipa::openapi::schema::{ArrayBuilder, SchemaType, Type};
     let ty = if nullable {
         SchemaType::from_iter([Type::Array, Type::Null])
     } else {
@@ -45,7 +44,85 @@ fn scopes_schema(nullable: bool, description: &str) -> utoipa::openapi::schema::
         .schema_type(ty)
         .items(item)
         .description(Some(description))
+}
+
+/// A list of scopes, each matching [`SCOPE_PATTERN`].
+fn scopes_schema(nullable: bool, description: &str) -> utoipa::openapi::schema::Array {
+    use utoipa::openapi::schema::{ObjectBuilder, Type};
+    let item = ObjectBuilder::new()
+        .schema_type(Type::String)
+        .min_length(Some(1))
+        .max_length(Some(64))
+        .pattern(Some(SCOPE_PATTERN));
+    list_schema(item, nullable, description).build()
+}
+
+/// An IP allowlist entry: an IPv4 or IPv6 address or CIDR network, as
+/// `keys::record::parse_network` accepts it (IPv6 without an embedded IPv4 part).
+const NETWORK_PATTERN: &str = concat!(
+    r"^((25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])(\.(25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])){3}(/(3[0-2]|[12]?[0-9]))?",
+    r"|(([0-9a-fA-F]{1,4}:){7}[0-9a-fA-F]{1,4}|([0-9a-fA-F]{1,4}:){1,7}:|([0-9a-fA-F]{1,4}:){1,6}:[0-9a-fA-F]{1,4}",
+    r"|([0-9a-fA-F]{1,4}:){1,5}(:[0-9a-fA-F]{1,4}){1,2}|([0-9a-fA-F]{1,4}:){1,4}(:[0-9a-fA-F]{1,4}){1,3}",
+    r"|([0-9a-fA-F]{1,4}:){1,3}(:[0-9a-fA-F]{1,4}){1,4}|([0-9a-fA-F]{1,4}:){1,2}(:[0-9a-fA-F]{1,4}){1,5}",
+    r"|[0-9a-fA-F]{1,4}:(:[0-9a-fA-F]{1,4}){1,6}|:((:[0-9a-fA-F]{1,4}){1,7}|:))(/(12[0-8]|1[01][0-9]|[1-9]?[0-9]))?)$",
+);
+/// A rate, as `keys::Rate::parse` accepts it.
+const RATE_PATTERN: &str = r"^[1-9][0-9]{0,5}/(s|m|h)$";
+/// Most entries in one IP allowlist.
+const MAX_ALLOWED_IPS: usize = 100;
+
+fn allowed_ips_schema(nullable: bool) -> utoipa::openapi::schema::Array {
+    use utoipa::openapi::schema::{ObjectBuilder, Type};
+    let item = ObjectBuilder::new()
+        .schema_type(Type::String)
+        .pattern(Some(NETWORK_PATTERN));
+    list_schema(
+        item,
+        nullable,
+        "Addresses or CIDR networks (IPv4, IPv6) the key may be used from; empty = any. \
+         The client address is the socket peer, or what a `[clients] trusted_proxies` hop reported.",
+    )
+    .max_items(Some(MAX_ALLOWED_IPS))
+    .build()
+}
+
+fn optional_allowed_ips_schema() -> utoipa::openapi::schema::Array {
+    allowed_ips_schema(true)
+}
+
+fn allowed_ips_list_schema() -> utoipa::openapi::schema::Array {
+    allowed_ips_schema(false)
+}
+
+fn rate_schema() -> utoipa::openapi::schema::Object {
+    use utoipa::openapi::schema::{ObjectBuilder, SchemaType, Type};
+    ObjectBuilder::new()
+        .schema_type(SchemaType::from_iter([Type::String, Type::Null]))
+        .pattern(Some(RATE_PATTERN))
+        .description(Some(
+            "Short-window rate limit, `N/s`, `N/m` or `N/h` (N from 1 to 999999): a burst of N, \
+             refilled continuously. `null` = the configured `[rate_limit] per_key`.",
+        ))
         .build()
+}
+
+/// Parses an allowlist from the API.
+fn networks(list: &[String]) -> Result<Vec<ipnet::IpNet>, ApiError> {
+    if list.len() > MAX_ALLOWED_IPS {
+        return Err(ApiError::invalid(format!(
+            "allowed_ips holds at most {MAX_ALLOWED_IPS} entries"
+        )));
+    }
+    list.iter()
+        .map(|n| {
+            crate::keys::record::parse_network(n).map_err(|e| ApiError::invalid(format!("allowed_ips: {e}")))
+        })
+        .collect()
+}
+
+/// Parses a rate from the API.
+fn rate(s: &str) -> Result<Rate, ApiError> {
+    Rate::parse(s).map_err(|e| ApiError::invalid(format!("rate_limit: {e}")))
 }
 
 fn optional_scopes_schema() -> utoipa::openapi::schema::Array {
@@ -148,6 +225,7 @@ impl From<RestrictionsBody> for Restrictions {
         Self {
             read_only: r.read_only,
             routes: r.routes,
+            ..Self::default()
         }
     }
 }
@@ -172,6 +250,12 @@ pub struct KeyView {
     pub scopes: Vec<String>,
     /// Further limits.
     pub restrictions: RestrictionsBody,
+    /// Addresses or networks the key may be used from; empty = any.
+    #[schema(schema_with = allowed_ips_list_schema)]
+    pub allowed_ips: Vec<String>,
+    /// The key's own rate limit (`10/s`), when it overrides `[rate_limit] per_key`.
+    #[schema(schema_with = rate_schema)]
+    pub rate_limit: Option<String>,
     /// Quota per period, when it overrides the default.
     pub quota: Option<u64>,
     /// Free-form metadata.
@@ -207,6 +291,13 @@ impl KeyView {
                 read_only: r.restrictions.read_only,
                 routes: r.restrictions.routes.clone(),
             },
+            allowed_ips: r
+                .restrictions
+                .allowed_ips
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
+            rate_limit: r.restrictions.rate_limit.map(|r| r.to_string()),
             quota: r.quota_limit,
             metadata: r.metadata.clone(),
             status: r.status(now).as_str().to_owned(),
@@ -272,6 +363,12 @@ pub struct CreateKey {
     pub quota: Option<Count>,
     /// Restrictions.
     pub restrictions: Option<RestrictionsBody>,
+    /// Addresses or CIDR networks the key may be used from; absent or empty = any.
+    #[schema(schema_with = optional_allowed_ips_schema)]
+    pub allowed_ips: Option<Vec<String>>,
+    /// The key's own rate limit (`10/s`, `600/m`, `1000/h`); absent = `[rate_limit] per_key`.
+    #[schema(schema_with = rate_schema)]
+    pub rate_limit: Option<String>,
     /// A JSON object stored with the key.
     #[schema(value_type = Option<Object>)]
     pub metadata: Option<serde_json::Value>,
@@ -299,8 +396,16 @@ pub struct UpdateKey {
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<DateTime<Utc>>)]
     pub expires_at: Option<Option<DateTime<Utc>>>,
-    /// New restrictions.
+    /// New read-only flag and route allowlist (the IP allowlist and rate limit
+    /// stay unless given below).
     pub restrictions: Option<RestrictionsBody>,
+    /// New IP allowlist; `[]` = any address.
+    #[schema(schema_with = optional_allowed_ips_schema)]
+    pub allowed_ips: Option<Vec<String>>,
+    /// New rate limit; `null` = back to `[rate_limit] per_key`.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(schema_with = rate_schema)]
+    pub rate_limit: Option<Option<String>>,
     /// New metadata (a JSON object).
     #[schema(value_type = Option<Object>)]
     pub metadata: Option<serde_json::Value>,
@@ -510,7 +615,11 @@ pub async fn create(
         environment: body.environment,
         expires_at: body.expires_at,
         quota_limit: body.quota.map(|c| c.0),
-        restrictions: body.restrictions.unwrap_or_default().into(),
+        restrictions: Restrictions {
+            allowed_ips: networks(body.allowed_ips.as_deref().unwrap_or_default())?,
+            rate_limit: body.rate_limit.as_deref().map(rate).transpose()?,
+            ..body.restrictions.unwrap_or_default().into()
+        },
         metadata: body.metadata,
     };
     let (key, record) = state.keys.create(new, &admin.actor).await?;
@@ -638,6 +747,11 @@ pub async fn update(
         name: body.name,
         scopes: body.scopes,
         restrictions: body.restrictions.map(Into::into),
+        allowed_ips: body.allowed_ips.as_deref().map(networks).transpose()?,
+        rate_limit: match body.rate_limit {
+            Some(r) => Some(r.as_deref().map(rate).transpose()?),
+            None => None,
+        },
         quota_limit: body.quota.map(|q| q.map(|c| c.0)),
         expires_at: body.expires_at,
         metadata: body.metadata,

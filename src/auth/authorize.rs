@@ -1,5 +1,7 @@
 //! Authorize: may this key use this route? Scopes (all of), org binding and the
-//! key's own restrictions. Pure.
+//! key's own restrictions (read-only, route allowlist, client IP allowlist). Pure.
+
+use std::net::IpAddr;
 
 use http::Method;
 
@@ -7,12 +9,17 @@ use super::rejection::Rejection;
 use super::route::Matched;
 use crate::keys::KeyRecord;
 
-/// Checks `key` against the matched route and method.
+/// Checks `key` against the matched route, the method and the client's address.
 ///
 /// # Errors
 /// `insufficient_scope` (naming every missing scope), `org_mismatch` (also for keys
-/// without an org on org-bound routes) or `key_restricted`.
-pub fn check(key: &KeyRecord, matched: &Matched<'_, '_>, method: &Method) -> Result<(), Rejection> {
+/// without an org on org-bound routes), `key_restricted` or `ip_not_allowed`.
+pub fn check(
+    key: &KeyRecord,
+    matched: &Matched<'_, '_>,
+    method: &Method,
+    client: IpAddr,
+) -> Result<(), Rejection> {
     let route = matched.route;
     if !route.scopes.iter().all(|s| key.has_scope(s)) {
         let missing = route
@@ -38,6 +45,9 @@ pub fn check(key: &KeyRecord, matched: &Matched<'_, '_>, method: &Method) -> Res
         return Err(Rejection::KeyRestricted {
             reason: "the key may not use this route",
         });
+    }
+    if !restrictions.allows_ip(client) {
+        return Err(Rejection::IpNotAllowed { ip: client });
     }
     Ok(())
 }

@@ -4,8 +4,9 @@
 //! 1. [`route`]: match method + path (and refuse ambiguous paths);
 //! 2. [`credential`]: extract the key and check it offline;
 //! 3. [`verify`]: L1 → store, and the key's status;
-//! 4. [`authorize`]: scopes, org binding, restrictions;
-//! 5. quota: charge the key's budget ([`crate::quota`]).
+//! 4. [`authorize`]: scopes, org binding, restrictions (read-only, routes, client IP);
+//! 5. rate limit: the key's short-window bucket ([`crate::quota::rate`]);
+//! 6. quota: charge the key's budget ([`crate::quota`]).
 //!
 //! The result is a [`Grant`], the only proof of authorization `proxy` accepts. This
 //! module does no I/O of its own beyond the lookups; it knows nothing of sockets.
@@ -17,6 +18,7 @@ pub mod rejection;
 pub mod route;
 pub mod verify;
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use http::{HeaderMap, Method};
@@ -24,7 +26,8 @@ use http::{HeaderMap, Method};
 pub use rejection::{Denial, Failure, Rejection, StatusPolicy};
 
 use crate::clock::SharedClock;
-use crate::keys::KeyRecord;
+use crate::keys::{KeyRecord, Rate};
+use crate::quota::rate::Limiter;
 use crate::quota::{self, Counters, Usage};
 use route::Route;
 use verify::Verifier;
@@ -38,6 +41,8 @@ pub struct Settings {
     pub credentials: credential::Settings,
     /// Configurable statuses.
     pub status: StatusPolicy,
+    /// The rate limit of keys without their own (`[rate_limit] per_key`); `None` = off.
+    pub rate_limit: Option<Rate>,
 }
 
 /// The parts of a request the decision reads.
@@ -51,6 +56,8 @@ pub struct RequestHead<'a> {
     pub query: Option<&'a str>,
     /// Request headers.
     pub headers: &'a HeaderMap,
+    /// The client's address: the socket peer, or what a trusted proxy reported.
+    pub client: IpAddr,
 }
 
 /// Proof that a request may be forwarded.
@@ -60,7 +67,8 @@ pub struct Grant<'a> {
     pub route: &'a Route,
     /// The authenticated key, absent on public routes.
     pub key: Option<Arc<KeyRecord>>,
-    /// The key's quota standing after this request.
+    /// Where the key stands after this request: its quota, or its rate limit when
+    /// that is the tighter of the two (what the `RateLimit-*` headers describe).
     pub usage: Option<Usage>,
     /// How the request was let through.
     pub auth: AuthMethod,
@@ -94,15 +102,22 @@ impl AuthMethod {
 pub struct Decider {
     verifier: Arc<Verifier>,
     quota: Arc<Counters>,
+    rate: Arc<Limiter>,
     clock: SharedClock,
 }
 
 impl Decider {
     /// A decider over the given parts.
-    pub fn new(verifier: Arc<Verifier>, quota: Arc<Counters>, clock: SharedClock) -> Self {
+    pub fn new(
+        verifier: Arc<Verifier>,
+        quota: Arc<Counters>,
+        rate: Arc<Limiter>,
+        clock: SharedClock,
+    ) -> Self {
         Self {
             verifier,
             quota,
+            rate,
             clock,
         }
     }
@@ -150,18 +165,49 @@ impl Decider {
         let key = self.verifier.find(&presented, now).await.map_err(refuse)?; // 3 verify: the record
         let refuse = |denial: Denial| Refusal::on(route, Some(&key), denial);
         verify::check_status(&key, presented.environment(), now).map_err(|r| refuse(r.into()))?; // 3 verify: its status
-        authorize::check(&key, &matched, req.method).map_err(|r| refuse(r.into()))?; // 4 authorize
+        authorize::check(&key, &matched, req.method, req.client).map_err(|r| refuse(r.into()))?; // 4 authorize
+        let rate = match key.restrictions.rate_limit.or(settings.rate_limit) {
+            Some(rate) => Some(
+                self.rate
+                    .admit(key.id, rate, now.timestamp_micros())
+                    .await
+                    .map_err(|l| refuse(rate_denial(l)))?,
+            ),
+            None => None,
+        }; // 5 rate limit
         let usage = self
             .quota
             .charge(&key, route.cost, now)
             .await
-            .map_err(|e| refuse(quota_denial(e, now)))?; // 5 quota
+            .map_err(|e| refuse(quota_denial(e, now)))?; // 6 quota
         Ok(Grant {
             route,
             key: Some(key),
-            usage: Some(usage),
+            usage: Some(tighter(usage, rate, now)),
             auth: AuthMethod::ApiKey,
         })
+    }
+}
+
+fn rate_denial(limited: quota::rate::Limited) -> Denial {
+    let retry_after = u64::try_from(limited.retry_after)
+        .unwrap_or_default()
+        .div_ceil(1_000_000);
+    Denial::Rejected(Rejection::RateLimited {
+        limit: limited.limit,
+        retry_after: retry_after.max(1),
+    })
+}
+
+/// The quota standing, or the rate limit's when fewer requests are left under it.
+fn tighter(usage: Usage, rate: Option<quota::rate::Admitted>, now: chrono::DateTime<chrono::Utc>) -> Usage {
+    match rate {
+        Some(r) if r.remaining < usage.remaining => Usage {
+            limit: r.limit,
+            remaining: r.remaining,
+            reset_at: now + chrono::Duration::microseconds(r.reset),
+        },
+        _ => usage,
     }
 }
 

@@ -1,6 +1,8 @@
 //! Why a request was refused: one variant per public error code, each with its status
 //! and message declared here, next to it.
 
+use std::net::IpAddr;
+
 use http::StatusCode;
 
 /// A refusal that is the client's outcome (as opposed to a failure of ours).
@@ -49,6 +51,11 @@ pub enum Rejection {
         /// Which restriction.
         reason: &'static str,
     },
+    /// The key may not be used from the client's address.
+    IpNotAllowed {
+        /// The client address as keygate determined it.
+        ip: IpAddr,
+    },
     /// No route matches and unmatched paths are denied.
     RouteNotFound,
     /// The key's quota for this period is spent.
@@ -56,6 +63,13 @@ pub enum Rejection {
         /// The period's limit.
         limit: u64,
         /// Whole seconds until the period resets.
+        retry_after: u64,
+    },
+    /// The key's short-window rate limit is reached.
+    RateLimited {
+        /// Requests per window (the bucket's size).
+        limit: u64,
+        /// Whole seconds until a request would be admitted (at least 1).
         retry_after: u64,
     },
 }
@@ -92,8 +106,10 @@ impl Rejection {
             Self::InsufficientScope { .. } => "insufficient_scope",
             Self::OrgMismatch => "org_mismatch",
             Self::KeyRestricted { .. } => "key_restricted",
+            Self::IpNotAllowed { .. } => "ip_not_allowed",
             Self::RouteNotFound => "route_not_found",
             Self::QuotaExceeded { .. } => "quota_exceeded",
+            Self::RateLimited { .. } => "rate_limited",
         }
     }
 
@@ -109,11 +125,12 @@ impl Rejection {
             | Self::KeyPaused
             | Self::KeyExpired => StatusCode::UNAUTHORIZED,
             Self::KeyRevoked => policy.revoked,
-            Self::InsufficientScope { .. } | Self::OrgMismatch | Self::KeyRestricted { .. } => {
-                StatusCode::FORBIDDEN
-            }
+            Self::InsufficientScope { .. }
+            | Self::OrgMismatch
+            | Self::KeyRestricted { .. }
+            | Self::IpNotAllowed { .. } => StatusCode::FORBIDDEN,
             Self::RouteNotFound => StatusCode::NOT_FOUND,
-            Self::QuotaExceeded { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::QuotaExceeded { .. } | Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -150,8 +167,10 @@ impl Rejection {
             Self::InsufficientScope { missing } => format!("this API key lacks the scope(s): {}", missing.join(", ")),
             Self::OrgMismatch => "this API key belongs to another organisation".into(),
             Self::KeyRestricted { reason } => format!("this API key is restricted: {reason}"),
+            Self::IpNotAllowed { ip } => format!("this API key may not be used from {ip}"),
             Self::RouteNotFound => "no route matches this method and path".into(),
             Self::QuotaExceeded { limit, retry_after } => format!("the quota of {limit} requests for this period is used up; it resets in {retry_after} s"),
+            Self::RateLimited { retry_after, .. } => format!("too many requests with this API key; retry in {retry_after} s"),
         }
     }
 }
@@ -206,8 +225,15 @@ mod tests {
             },
             Rejection::OrgMismatch,
             Rejection::KeyRestricted { reason: "read-only" },
+            Rejection::IpNotAllowed {
+                ip: IpAddr::from([192, 0, 2, 1]),
+            },
             Rejection::RouteNotFound,
             Rejection::QuotaExceeded {
+                limit: 1,
+                retry_after: 1,
+            },
+            Rejection::RateLimited {
                 limit: 1,
                 retry_after: 1,
             },

@@ -32,6 +32,9 @@ pub struct ExplainArgs {
     method: String,
     /// Request path, e.g. /v1/orgs/acme/items/1.
     path: String,
+    /// The client address the request comes from, for keys with an IP allowlist.
+    #[arg(long, default_value = "127.0.0.1")]
+    client_ip: std::net::IpAddr,
     /// Print exactly one JSON document on stdout.
     #[arg(long)]
     json: bool,
@@ -67,7 +70,7 @@ async fn explain(args: &ExplainArgs, config_path: &Path, clock: SharedClock) -> 
         Method::from_bytes(args.method.to_ascii_uppercase().as_bytes()).context("not an HTTP method")?;
     let now = clock.now();
     let policy = config.auth.status;
-    let mut report = json!({"method": method.as_str(), "path": args.path});
+    let mut report = json!({"method": method.as_str(), "path": args.path, "client_ip": args.client_ip});
 
     let matched = match config.auth.routes.match_request(&method, &args.path) {
         Ok(m) => m,
@@ -124,10 +127,15 @@ async fn explain(args: &ExplainArgs, config_path: &Path, clock: SharedClock) -> 
     // route's other_credentials: a keygate key is never passed through.
     report["auth_method"] = AuthMethod::ApiKey.as_str().into();
     report["key"] = describe(&record, now);
+    report["rate_limit"] = match (record.restrictions.rate_limit, config.auth.rate_limit) {
+        (Some(own), _) => json!({"rate": own.to_string(), "from": "key"}),
+        (None, Some(default)) => json!({"rate": default.to_string(), "from": "[rate_limit] per_key"}),
+        (None, None) => Value::Null,
+    };
     if let Err(r) = verify::check_status(&record, &environment, now) {
         return Ok(refuse(report, "verify", &r, &policy));
     }
-    if let Err(r) = authorize::check(&record, &matched, &method) {
+    if let Err(r) = authorize::check(&record, &matched, &method, args.client_ip) {
         return Ok(refuse(report, "authorize", &r, &policy));
     }
     let redis = match &config.redis {
@@ -192,6 +200,7 @@ fn describe(record: &KeyRecord, now: chrono::DateTime<chrono::Utc>) -> Value {
         "status": record.status(now).as_str(),
         "read_only": record.restrictions.read_only,
         "routes": record.restrictions.routes,
+        "allowed_ips": record.restrictions.allowed_ips,
     })
 }
 
@@ -248,6 +257,13 @@ fn print_human(report: &Value) {
             text(&key["status"]),
             text(&key["org_id"]),
             key["scopes"]
+        );
+    }
+    if let Some(r) = report.get("rate_limit").filter(|r| !r.is_null()) {
+        println!(
+            "rate:      {} (from {}; not charged by explain)",
+            text(&r["rate"]),
+            text(&r["from"])
         );
     }
     if let Some(q) = report.get("quota") {

@@ -17,7 +17,7 @@ use super::remote;
 use crate::admin::keys::KeyView;
 use crate::clock::SharedClock;
 use crate::config::{self, Env, ProcessEnv};
-use crate::keys::{KeyRecord, Owner, Restrictions, Status};
+use crate::keys::{KeyRecord, Owner, Rate, Restrictions, Status};
 use crate::manage::{self, NewKey};
 use crate::store::{Actor, ListQuery, Patch, Store};
 
@@ -103,6 +103,12 @@ struct CreateArgs {
     /// Comma-separated route names the key may use (default: all).
     #[arg(long, value_delimiter = ',')]
     routes: Vec<String>,
+    /// Short-window rate limit, e.g. 10/s, 600/m or 1000/h (default: [rate_limit] per_key).
+    #[arg(long)]
+    rate_limit: Option<String>,
+    /// Comma-separated addresses or CIDR networks the key may be used from (default: any).
+    #[arg(long, value_delimiter = ',')]
+    allowed_ips: Vec<String>,
     /// JSON object stored with the key.
     #[arg(long)]
     metadata: Option<String>,
@@ -166,6 +172,12 @@ struct UpdateArgs {
     /// New comma-separated route allowlist (empty string = all routes).
     #[arg(long)]
     routes: Option<String>,
+    /// New rate limit (e.g. 10/s), or `default` for [rate_limit] per_key.
+    #[arg(long)]
+    rate_limit: Option<String>,
+    /// New comma-separated IP allowlist (empty string = any address).
+    #[arg(long)]
+    allowed_ips: Option<String>,
     #[command(flatten)]
     common: Common,
 }
@@ -368,6 +380,8 @@ impl Target {
             restrictions: Restrictions {
                 read_only: args.read_only,
                 routes: args.routes,
+                allowed_ips: networks(args.allowed_ips.iter().map(String::as_str))?,
+                rate_limit: args.rate_limit.as_deref().map(rate).transpose()?,
             },
             metadata,
         };
@@ -382,6 +396,8 @@ impl Target {
                     "scopes": new.scopes, "environment": new.environment, "expires_at": new.expires_at,
                     "quota": new.quota_limit,
                     "restrictions": {"read_only": new.restrictions.read_only, "routes": new.restrictions.routes},
+                    "allowed_ips": new.restrictions.allowed_ips,
+                    "rate_limit": new.restrictions.rate_limit,
                     "metadata": new.metadata,
                 });
                 client
@@ -465,6 +481,15 @@ impl Target {
                 d => Some(Utc::now() + chrono_duration(d)?),
             });
         }
+        if let Some(r) = &args.rate_limit {
+            patch.rate_limit = Some(match r.as_str() {
+                "default" => None,
+                r => Some(rate(r)?),
+            });
+        }
+        if let Some(list) = &args.allowed_ips {
+            patch.allowed_ips = Some(networks(list.split(','))?);
+        }
         if args.read_only.is_some() || args.routes.is_some() {
             let current = self.show(args.id).await?;
             let mut restrictions: Restrictions =
@@ -507,6 +532,12 @@ impl Target {
                         "restrictions".into(),
                         json!({"read_only": r.read_only, "routes": r.routes}),
                     );
+                }
+                if let Some(v) = patch.allowed_ips {
+                    body.insert("allowed_ips".into(), json!(v));
+                }
+                if let Some(v) = patch.rate_limit {
+                    body.insert("rate_limit".into(), json!(v));
                 }
                 client
                     .call(
@@ -600,6 +631,18 @@ fn actor(common: &Common) -> String {
         .unwrap_or_else(|| "unknown".into())
 }
 
+/// `--rate-limit` as a [`Rate`].
+fn rate(s: &str) -> anyhow::Result<Rate> {
+    Rate::parse(s).map_err(|e| anyhow::anyhow!("--rate-limit {e}"))
+}
+
+/// `--allowed-ips` entries as networks (empty entries are skipped).
+fn networks<'a>(list: impl Iterator<Item = &'a str>) -> anyhow::Result<Vec<ipnet::IpNet>> {
+    list.filter(|n| !n.trim().is_empty())
+        .map(|n| crate::keys::record::parse_network(n).map_err(|e| anyhow::anyhow!("--allowed-ips {e}")))
+        .collect()
+}
+
 fn chrono_duration(s: &str) -> anyhow::Result<chrono::Duration> {
     let d =
         config::parse_duration(s).with_context(|| format!("`{s}` is not a duration (e.g. 30d, 12h, 90m)"))?;
@@ -676,13 +719,22 @@ fn print_record(k: &Value, json: bool, done: Option<&str>) {
     if let Some(done) = done {
         println!("{done} {}", text(&k["id"]));
     }
-    let routes = k["restrictions"]["routes"]
-        .as_array()
-        .filter(|r| !r.is_empty())
-        .map_or_else(
-            || "all".to_owned(),
+    // A list joined with commas, or `empty` when there is none.
+    let list = |v: &Value, empty: &str| {
+        v.as_array().filter(|r| !r.is_empty()).map_or_else(
+            || empty.to_owned(),
             |r| r.iter().map(text).collect::<Vec<_>>().join(","),
-        );
+        )
+    };
+    // A value, or `default` when it is null.
+    let or_default = |v: &Value| {
+        if v.is_null() {
+            "default".to_owned()
+        } else {
+            text(v)
+        }
+    };
+    let routes = list(&k["restrictions"]["routes"], "all");
     let scopes = k["scopes"]
         .as_array()
         .map(|s| s.iter().map(text).collect::<Vec<_>>().join(","))
@@ -700,14 +752,9 @@ fn print_record(k: &Value, json: bool, done: Option<&str>) {
         k["restrictions"]["read_only"].as_bool().unwrap_or_default()
     );
     println!("routes:       {routes}");
-    println!(
-        "quota:        {}",
-        if k["quota"].is_null() {
-            "default".to_owned()
-        } else {
-            text(&k["quota"])
-        }
-    );
+    println!("allowed IPs:  {}", list(&k["allowed_ips"], "any"));
+    println!("rate limit:   {}", or_default(&k["rate_limit"]));
+    println!("quota:        {}", or_default(&k["quota"]));
     println!("created by:   {}", text(&k["created_by"]));
     println!("created:      {}", text(&k["created_at"]));
     println!(

@@ -29,6 +29,10 @@ pub struct File {
     pub cache: Cache,
     /// Identity headers sent upstream.
     pub identity: Identity,
+    /// Per-key short-window rate limit.
+    pub rate_limit: RateLimit,
+    /// Where client addresses come from.
+    pub clients: Clients,
     /// Key hygiene: idle keys, leaked keys.
     pub hygiene: Hygiene,
     /// Routes, tried in file order.
@@ -248,6 +252,24 @@ impl Default for Identity {
             signing_key: None,
         }
     }
+}
+
+/// `[rate_limit]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct RateLimit {
+    /// Requests per second, minute or hour for keys without their own limit
+    /// (`100/s`, `600/m`, `1000/h`). Absent = off.
+    pub per_key: Option<Spanned<String>>,
+}
+
+/// `[clients]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct Clients {
+    /// Proxies (addresses or CIDR networks) whose `X-Forwarded-For` is believed.
+    /// Empty (default) = the socket peer is the client.
+    pub trusted_proxies: Vec<Spanned<String>>,
 }
 
 /// `[hygiene]`

@@ -143,8 +143,36 @@ fn unsupported_tables_are_refused_clearly() {
     );
     let got = messages("[redis]\ntimeout = \"1s\"\n");
     assert!(got[0].contains("needs `url`"), "{got:?}");
-    let got = messages("[rate_limit]\nper_key = \"1/s\"\n");
-    assert!(got[0].contains("unknown key `rate_limit`"), "{got:?}");
+    let got = messages("[ratelimit]\nper_key = \"1/s\"\n");
+    assert!(got[0].contains("unknown key `ratelimit`"), "{got:?}");
+}
+
+#[test]
+fn the_example_rate_limit_and_clients_tables_load_when_uncommented() {
+    let block = format!("{}{}", example_block("rate_limit"), example_block("clients"));
+    let config = parse(&block, &env(&[])).unwrap_or_else(|d| panic!("{block}\n{d:?}"));
+    assert_eq!(
+        config.auth.rate_limit.map(|r| r.to_string()).as_deref(),
+        Some("100/s")
+    );
+    let trusted: Vec<String> = config
+        .proxy
+        .trusted_proxies
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(trusted, ["10.0.0.0/8", "fd00::/8"]);
+    assert_eq!(parse("", &env(&[])).expect("valid").auth.rate_limit, None);
+    let errors = messages(
+        "[rate_limit]\nper_key = \"100/d\"\n[clients]\ntrusted_proxies = [\"10.0.0.0/33\", \"192.0.2.1\"]\n",
+    );
+    assert_eq!(
+        errors,
+        [
+            "2:11: rate_limit.per_key: `100/d` is not a rate like 10/s, 600/m or 1000/h (1 to 999999 per window)",
+            "4:20: clients.trusted_proxies: `10.0.0.0/33` is not an IP address or CIDR network like 10.0.0.0/8 or 2001:db8::/32",
+        ]
+    );
 }
 
 #[test]

@@ -326,6 +326,21 @@ fn build(file: &File, env: &dyn Env, check: &mut Check<'_>) -> Config {
     });
 
     let routes = routes(&file.routes, other_credentials, &mut upstreams, check);
+    let rate_limit = file.rate_limit.per_key.as_ref().and_then(|r| {
+        crate::keys::Rate::parse(r.get_ref())
+            .map_err(|e| check.error(r.span(), format!("rate_limit.per_key: {e}")))
+            .ok()
+    });
+    let trusted_proxies = file
+        .clients
+        .trusted_proxies
+        .iter()
+        .filter_map(|n| {
+            crate::keys::record::parse_network(n.get_ref())
+                .map_err(|e| check.error(n.span(), format!("clients.trusted_proxies: {e}")))
+                .ok()
+        })
+        .collect();
     let h = &file.hygiene;
     let hygiene = Hygiene {
         pause_after_idle: h.pause_after_idle.as_ref().map(|d| {
@@ -378,11 +393,13 @@ fn build(file: &File, env: &dyn Env, check: &mut Check<'_>) -> Config {
             access_log: p.access_log,
             signer,
             max_failed_auth_per_minute: p.max_failed_auth_per_minute,
+            trusted_proxies,
         },
         auth: auth::Settings {
             routes: route::Table::new(routes, unmatched).with_other_credentials(other_credentials),
             credentials: credential::Settings { format, key_header },
             status: StatusPolicy { revoked },
+            rate_limit,
         },
         quota: quota::Settings {
             limit: q.limit,

@@ -1,6 +1,10 @@
 //! The stored key record and its status at a point in time.
 
+use std::fmt;
+use std::net::IpAddr;
+
 use chrono::{DateTime, Utc};
+use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -45,6 +49,117 @@ pub struct Restrictions {
     /// When non-empty, only these route names are allowed.
     #[serde(default)]
     pub routes: Vec<String>,
+    /// When non-empty, only clients in these networks may use the key.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_ips: Vec<IpNet>,
+    /// The key's own short-window rate limit, instead of `[rate_limit] per_key`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<Rate>,
+}
+
+impl Restrictions {
+    /// Whether a client at `ip` may use the key (any client when the allowlist is empty).
+    pub fn allows_ip(&self, ip: IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        self.allowed_ips.is_empty() || self.allowed_ips.iter().any(|net| net.contains(&ip))
+    }
+}
+
+/// Parses an IP allowlist entry: a CIDR (`10.0.0.0/8`, `2001:db8::/32`) or a bare
+/// address (one host). Host bits below the prefix are dropped (`10.1.2.3/8` is
+/// `10.0.0.0/8`).
+///
+/// # Errors
+/// A sentence naming the entry.
+pub fn parse_network(s: &str) -> Result<IpNet, String> {
+    let s = s.trim();
+    let bad = || format!("`{s}` is not an IP address or CIDR network like 10.0.0.0/8 or 2001:db8::/32");
+    if let Some((_, prefix)) = s.split_once('/')
+        && (prefix.len() > 1 && prefix.starts_with('0') || !prefix.bytes().all(|b| b.is_ascii_digit()))
+    {
+        return Err(bad());
+    }
+    let net = match s.parse::<IpNet>() {
+        Ok(net) => net,
+        Err(_) => s.parse::<IpAddr>().map(IpNet::from).map_err(|_| bad())?,
+    };
+    Ok(net.trunc())
+}
+
+/// A short-window rate: `count` requests per second, minute or hour (`10/s`,
+/// `600/m`, `1000/h`). Admitted as a token bucket holding `count` that refills
+/// continuously at `count` per window: a burst of `count` at once, then one request
+/// every window / `count`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Rate {
+    /// Requests per window (the burst), 1 to [`Rate::MAX_COUNT`].
+    pub count: u32,
+    /// The window in seconds: 1, 60 or 3600.
+    pub window_secs: u32,
+}
+
+impl Rate {
+    /// The largest count accepted (one request per microsecond at most).
+    pub const MAX_COUNT: u32 = 999_999;
+
+    /// Parses `N/s`, `N/m` or `N/h`.
+    ///
+    /// # Errors
+    /// A sentence naming the value.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let bad = || {
+            format!(
+                "`{s}` is not a rate like 10/s, 600/m or 1000/h (1 to {} per window)",
+                Self::MAX_COUNT
+            )
+        };
+        let (count, unit) = s.trim().split_once('/').ok_or_else(bad)?;
+        let window_secs = match unit {
+            "s" => 1,
+            "m" => 60,
+            "h" => 3600,
+            _ => return Err(bad()),
+        };
+        if count.is_empty() || !count.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(bad());
+        }
+        let count: u32 = count.parse().map_err(|_| bad())?;
+        if !(1..=Self::MAX_COUNT).contains(&count) {
+            return Err(bad());
+        }
+        Ok(Self { count, window_secs })
+    }
+
+    /// Microseconds between two requests at the sustained rate (at least 1).
+    pub fn interval_micros(self) -> i64 {
+        (i64::from(self.window_secs) * 1_000_000 / i64::from(self.count)).max(1)
+    }
+}
+
+impl fmt::Display for Rate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let unit = match self.window_secs {
+            1 => "s",
+            60 => "m",
+            _ => "h",
+        };
+        write!(f, "{}/{unit}", self.count)
+    }
+}
+
+impl TryFrom<String> for Rate {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        Self::parse(&s)
+    }
+}
+
+impl From<Rate> for String {
+    fn from(r: Rate) -> Self {
+        r.to_string()
+    }
 }
 
 /// A key as the admin store keeps it. Never holds the plaintext. (De)serialised for
@@ -142,5 +257,95 @@ impl KeyRecord {
     /// Whether the key holds `scope`.
     pub fn has_scope(&self, scope: &str) -> bool {
         self.scopes.iter().any(|s| s == scope)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rates_parse_and_print_the_same() {
+        for (text, count, window_secs, interval) in [
+            ("10/s", 10, 1, 100_000),
+            ("600/m", 600, 60, 100_000),
+            ("1/h", 1, 3600, 3_600_000_000),
+            ("999999/s", 999_999, 1, 1),
+        ] {
+            let rate = Rate::parse(text).expect("a valid rate");
+            assert_eq!((rate.count, rate.window_secs), (count, window_secs), "{text}");
+            assert_eq!(rate.interval_micros(), interval, "{text}");
+            assert_eq!(rate.to_string(), text);
+        }
+        for bad in [
+            "",
+            "10",
+            "0/s",
+            "10/d",
+            "1000000/s",
+            "-1/s",
+            "+1/s",
+            "1.5/s",
+            "10/ s",
+            "/s",
+        ] {
+            assert!(Rate::parse(bad).is_err(), "{bad:?}");
+        }
+        let json: Rate = serde_json::from_str("\"5/m\"").expect("from JSON");
+        assert_eq!(serde_json::to_string(&json).expect("to JSON"), "\"5/m\"");
+    }
+
+    #[test]
+    fn networks_parse_as_cidrs_or_hosts() {
+        for (text, net) in [
+            ("10.0.0.0/8", "10.0.0.0/8"),
+            ("10.1.2.3/8", "10.0.0.0/8"),
+            ("192.0.2.7", "192.0.2.7/32"),
+            ("2001:db8::/32", "2001:db8::/32"),
+            ("2001:db8::1", "2001:db8::1/128"),
+            (" 127.0.0.1/32 ", "127.0.0.1/32"),
+        ] {
+            assert_eq!(parse_network(text).expect("valid").to_string(), net, "{text}");
+        }
+        for bad in [
+            "",
+            "10.0.0.0/33",
+            "10.0.0/8",
+            "10.0.0.0/08",
+            "10.0.0.0/",
+            "01.2.3.4",
+            "host",
+            "::/129",
+            "1.2.3.4/+8",
+        ] {
+            assert!(parse_network(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn the_allowlist_admits_only_its_networks_and_is_open_when_empty() {
+        let open = Restrictions::default();
+        assert!(open.allows_ip("203.0.113.1".parse().expect("ip")));
+        let restricted = Restrictions {
+            allowed_ips: vec![
+                parse_network("10.0.0.0/8").expect("net"),
+                parse_network("2001:db8::/32").expect("net"),
+            ],
+            ..Restrictions::default()
+        };
+        for (ip, allowed) in [
+            ("10.200.3.4", true),
+            ("::ffff:10.0.0.1", true),
+            ("2001:db8:1::9", true),
+            ("11.0.0.1", false),
+            ("2001:db9::1", false),
+            ("::1", false),
+        ] {
+            assert_eq!(restricted.allows_ip(ip.parse().expect("ip")), allowed, "{ip}");
+        }
+        // Records written before these fields existed still load.
+        let old: Restrictions = serde_json::from_str(r#"{"read_only":true,"routes":[]}"#).expect("old JSON");
+        assert_eq!(old.allowed_ips, Vec::<IpNet>::new());
+        assert_eq!(old.rate_limit, None);
     }
 }

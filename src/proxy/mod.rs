@@ -6,6 +6,7 @@
 //! from `auth`; this module only speaks HTTP.
 
 mod access;
+pub mod client;
 pub mod ext_authz;
 pub mod forward;
 pub mod headers;
@@ -67,6 +68,8 @@ pub struct Settings {
     pub signer: Option<signature::Signer>,
     /// Failed authentications per client IP per minute before 429; 0 = unlimited.
     pub max_failed_auth_per_minute: u32,
+    /// Proxies whose `X-Forwarded-For` is believed (`[clients] trusted_proxies`).
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 impl Settings {
@@ -341,13 +344,14 @@ async fn handle(shared: &Shared, peer: SocketAddr, req: Request<Incoming>) -> Re
         Some(a) => (&a.method, &a.uri),
         None => (req.method(), req.uri()),
     };
+    let client = client::resolve(peer.ip(), req.headers(), &settings.trusted_proxies);
     let failed_auth_limit = settings.max_failed_auth_per_minute;
     let now_ms = if failed_auth_limit > 0 {
         shared.clock.now_millis()
     } else {
         0
     };
-    if let Some(retry_after) = shared.failures.blocked(peer.ip(), failed_auth_limit, now_ms) {
+    if let Some(retry_after) = shared.failures.blocked(client, failed_auth_limit, now_ms) {
         let resp = respond::too_many_failures(retry_after, &request_id);
         return refuse(resp, "too_many_failed_attempts");
     }
@@ -356,6 +360,7 @@ async fn handle(shared: &Shared, peer: SocketAddr, req: Request<Incoming>) -> Re
         path: uri.path(),
         query: uri.query(),
         headers: req.headers(),
+        client,
     };
     let decided = shared.decider.decide(&live.auth, head).await;
     // Three monotonic clock reads per forwarded request: start, decided, answered.
@@ -384,7 +389,7 @@ async fn handle(shared: &Shared, peer: SocketAddr, req: Request<Incoming>) -> Re
                 && let Denial::Rejected(r) = &refusal.denial
                 && r.is_failed_authentication()
             {
-                shared.failures.record(peer.ip(), now_ms);
+                shared.failures.record(client, now_ms);
             }
             let resp = respond::denial(&refusal.denial, &request_id, &live.auth.status);
             line.route = refusal.route.map_or("none", |r| r.name.as_str());

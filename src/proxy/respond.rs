@@ -64,7 +64,8 @@ pub fn rejection(r: &Rejection, request_id: &HeaderValue, policy: &StatusPolicy)
         };
         h.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
     }
-    if let Rejection::QuotaExceeded { limit, retry_after } = r {
+    if let Rejection::QuotaExceeded { limit, retry_after } | Rejection::RateLimited { limit, retry_after } = r
+    {
         h.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
         insert_rate_limit(h, *limit, 0, *retry_after);
     }

@@ -14,6 +14,7 @@
 //! [`Counters::charge`] only for requests that passed every other check.
 
 pub mod period;
+pub mod rate;
 pub mod redis;
 
 use std::sync::Arc;

@@ -77,8 +77,14 @@ pub struct Patch {
     pub name: Option<String>,
     /// New scopes.
     pub scopes: Option<Vec<String>>,
-    /// New restrictions.
+    /// New read-only flag and route allowlist (the other fields of `Restrictions`
+    /// are ignored here: the IP allowlist and rate limit have their own fields, so
+    /// changing one restriction never widens another).
     pub restrictions: Option<Restrictions>,
+    /// New IP allowlist (empty = any address).
+    pub allowed_ips: Option<Vec<ipnet::IpNet>>,
+    /// New rate limit (`Some(None)` = back to `[rate_limit] per_key`).
+    pub rate_limit: Option<Option<crate::keys::Rate>>,
     /// New quota override (`Some(None)` clears it).
     pub quota_limit: Option<Option<u64>>,
     /// New expiry (`Some(None)` clears it).
@@ -97,7 +103,14 @@ impl Patch {
             record.scopes.clone_from(v);
         }
         if let Some(v) = &self.restrictions {
-            record.restrictions.clone_from(v);
+            record.restrictions.read_only = v.read_only;
+            record.restrictions.routes.clone_from(&v.routes);
+        }
+        if let Some(v) = &self.allowed_ips {
+            record.restrictions.allowed_ips.clone_from(v);
+        }
+        if let Some(v) = self.rate_limit {
+            record.restrictions.rate_limit = v;
         }
         if let Some(v) = self.quota_limit {
             record.quota_limit = v;
