@@ -2,12 +2,13 @@
 //!
 //! Module map (each folder owns one noun; arrows are "uses"):
 //!
-//! * [`proxy`] — data plane: listeners, forwarding, header rewriting, refusals → `auth`
-//! * [`auth`] — the decision pipeline (route → credential → verify → authorize → quota)
+//! * [`proxy`] — data plane: listeners, forwarding, header rewriting, refusals → `auth`, `mcp`
+//! * [`auth`] — the decision pipeline (route → credential → verify → authorize → rate limit → quota)
 //!   → `cache`, `store`, `quota`, `keys`
 //! * [`keys`] — key format, generation, hashing, the record (pure)
 //! * [`cache`] — the in-process L1 key cache
-//! * [`quota`] — periods and counters
+//! * [`quota`] — periods, counters and rate limits
+//! * [`mcp`] — MCP routes: JSON-RPC messages judged per key, `tools/list` filtered (pure)
 //! * [`store`] — the admin store (SQLite)
 //! * [`admin`] — the admin listener: REST API, OpenAPI, console, health
 //! * [`manage`] — key lifecycle shared by the CLI, the admin API and the server
@@ -25,6 +26,7 @@ pub mod config;
 pub mod demo;
 pub mod keys;
 pub mod manage;
+pub mod mcp;
 pub mod proxy;
 pub mod quota;
 pub mod store;

@@ -235,6 +235,9 @@ impl Keys {
         if let Some(metadata) = &patch.metadata {
             validate_metadata(metadata)?;
         }
+        if let Some(mcp) = &patch.mcp {
+            validate_mcp(mcp)?;
+        }
         let record = self.store.update(id, patch, actor).await?;
         self.evicted(id, record).await
     }
@@ -437,7 +440,21 @@ fn validate_new(new: &NewKey) -> Result<(), Error> {
     if let Some(metadata) = &new.metadata {
         validate_metadata(metadata)?;
     }
+    validate_mcp(&new.restrictions.mcp)?;
     validate_scopes(&new.scopes)
+}
+
+/// At most 100 tool patterns, each [`crate::keys::record::is_valid_tool_pattern`].
+fn validate_mcp(mcp: &crate::keys::McpPolicy) -> Result<(), Error> {
+    if mcp.tools.len() > 100 {
+        return Err(Error::Invalid("an MCP tool allowlist holds at most 100 entries".into()));
+    }
+    match mcp.tools.iter().find(|t| !crate::keys::record::is_valid_tool_pattern(t)) {
+        Some(bad) => Err(Error::Invalid(format!(
+            "MCP tool `{bad}` must be 1-128 characters of A-Z, a-z, 0-9, `_`, `-`, `.`, `/`, `:` and `*`"
+        ))),
+        None => Ok(()),
+    }
 }
 
 fn validate_name(name: &str) -> Result<(), Error> {

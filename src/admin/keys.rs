@@ -14,7 +14,7 @@ use uuid::Uuid;
 use super::State;
 use super::auth::Admin;
 use super::error::{ApiError, ApiJson, ApiPath, ApiQuery};
-use crate::keys::{KeyRecord, Owner, Rate, Restrictions, Status};
+use crate::keys::{KeyRecord, McpPolicy, Owner, Rate, Restrictions, Status};
 use crate::manage::NewKey;
 use crate::store::{ListQuery, Patch};
 
@@ -230,6 +230,76 @@ impl From<RestrictionsBody> for Restrictions {
     }
 }
 
+/// What a key may do on MCP routes. Accepted only as a JSON object.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields, try_from = "JsonObject")]
+pub struct McpBody {
+    /// MCP paused for this key (REST routes still work).
+    #[serde(default)]
+    pub disabled: bool,
+    /// Tools the key may see and call, exact names and `*` globs; empty = all.
+    #[serde(default)]
+    #[schema(schema_with = mcp_tools_schema)]
+    pub tools: Vec<String>,
+    /// Only read-only tools.
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct McpFields {
+    #[serde(default)]
+    disabled: bool,
+    #[serde(default)]
+    tools: Vec<String>,
+    #[serde(default)]
+    read_only: bool,
+}
+
+impl TryFrom<JsonObject> for McpBody {
+    type Error = serde_json::Error;
+
+    fn try_from(object: JsonObject) -> Result<Self, Self::Error> {
+        let f: McpFields = serde_json::from_value(serde_json::Value::Object(object))?;
+        Ok(Self {
+            disabled: f.disabled,
+            tools: f.tools,
+            read_only: f.read_only,
+        })
+    }
+}
+
+impl From<McpBody> for McpPolicy {
+    fn from(m: McpBody) -> Self {
+        Self {
+            disabled: m.disabled,
+            tools: m.tools,
+            read_only: m.read_only,
+        }
+    }
+}
+
+impl From<&McpPolicy> for McpBody {
+    fn from(m: &McpPolicy) -> Self {
+        Self {
+            disabled: m.disabled,
+            tools: m.tools.clone(),
+            read_only: m.read_only,
+        }
+    }
+}
+
+fn mcp_tools_schema() -> utoipa::openapi::schema::Array {
+    use utoipa::openapi::schema::{ObjectBuilder, Type};
+    let item = ObjectBuilder::new()
+        .schema_type(Type::String)
+        .pattern(Some(r"^[A-Za-z0-9_./:*-]{1,128}$"));
+    list_schema(item, false, "Tools (exact names and `*` globs); empty = all.")
+        .max_items(Some(100))
+        .build()
+}
+
 /// A key as the API shows it (never the key itself).
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct KeyView {
@@ -256,6 +326,8 @@ pub struct KeyView {
     /// The key's own rate limit (`10/s`), when it overrides `[rate_limit] per_key`.
     #[schema(schema_with = rate_schema)]
     pub rate_limit: Option<String>,
+    /// What the key may do on MCP routes.
+    pub mcp: McpBody,
     /// Quota per period, when it overrides the default.
     pub quota: Option<u64>,
     /// Free-form metadata.
@@ -298,6 +370,7 @@ impl KeyView {
                 .map(ToString::to_string)
                 .collect(),
             rate_limit: r.restrictions.rate_limit.map(|r| r.to_string()),
+            mcp: (&r.restrictions.mcp).into(),
             quota: r.quota_limit,
             metadata: r.metadata.clone(),
             status: r.status(now).as_str().to_owned(),
@@ -369,6 +442,8 @@ pub struct CreateKey {
     /// The key's own rate limit (`10/s`, `600/m`, `1000/h`); absent = `[rate_limit] per_key`.
     #[schema(schema_with = rate_schema)]
     pub rate_limit: Option<String>,
+    /// What the key may do on MCP routes; absent = everything.
+    pub mcp: Option<McpBody>,
     /// A JSON object stored with the key.
     #[schema(value_type = Option<Object>)]
     pub metadata: Option<serde_json::Value>,
@@ -406,6 +481,8 @@ pub struct UpdateKey {
     #[serde(default, deserialize_with = "present")]
     #[schema(schema_with = rate_schema)]
     pub rate_limit: Option<Option<String>>,
+    /// New MCP policy (replaces the whole policy).
+    pub mcp: Option<McpBody>,
     /// New metadata (a JSON object).
     #[schema(value_type = Option<Object>)]
     pub metadata: Option<serde_json::Value>,
@@ -618,6 +695,7 @@ pub async fn create(
         restrictions: Restrictions {
             allowed_ips: networks(body.allowed_ips.as_deref().unwrap_or_default())?,
             rate_limit: body.rate_limit.as_deref().map(rate).transpose()?,
+            mcp: body.mcp.map(Into::into).unwrap_or_default(),
             ..body.restrictions.unwrap_or_default().into()
         },
         metadata: body.metadata,
@@ -752,6 +830,7 @@ pub async fn update(
             Some(r) => Some(r.as_deref().map(rate).transpose()?),
             None => None,
         },
+        mcp: body.mcp.map(Into::into),
         quota_limit: body.quota.map(|q| q.map(|c| c.0)),
         expires_at: body.expires_at,
         metadata: body.metadata,

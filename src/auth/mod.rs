@@ -175,9 +175,11 @@ impl Decider {
             ),
             None => None,
         }; // 5 rate limit
+        // An MCP route charges per JSON-RPC message once the body is read (`charge`).
+        let cost = if route.mcp { 0 } else { route.cost };
         let usage = self
             .quota
-            .charge(&key, route.cost, now)
+            .charge(&key, cost, now)
             .await
             .map_err(|e| refuse(quota_denial(e, now)))?; // 6 quota
         Ok(Grant {
@@ -186,6 +188,22 @@ impl Decider {
             usage: Some(tighter(usage, rate, now)),
             auth: AuthMethod::ApiKey,
         })
+    }
+}
+
+impl Decider {
+    /// Charges `cost` more units to `key` after the decision (an MCP route's
+    /// messages).
+    ///
+    /// # Errors
+    /// `quota_exceeded`, or [`Denial::Unavailable`] when Redis is unreachable and
+    /// the policy is `deny`.
+    pub async fn charge(&self, key: &KeyRecord, cost: u64) -> Result<Usage, Denial> {
+        let now = self.clock.now();
+        self.quota
+            .charge(key, cost, now)
+            .await
+            .map_err(|e| quota_denial(e, now))
     }
 }
 

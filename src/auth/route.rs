@@ -40,6 +40,10 @@ pub struct Route {
     pub other_credentials: OtherCredentials,
     /// The query parameter that may carry the key.
     pub key_query_param: Option<String>,
+    /// A Streamable HTTP MCP endpoint: each JSON-RPC message a keygate key sends is
+    /// judged and charged (see [`crate::mcp`]), not the HTTP request. Requests
+    /// passed through without a key (`other_credentials = "pass"`) are not judged.
+    pub mcp: bool,
 }
 
 /// `other_credentials`: what a route does with a request that carries no
@@ -77,6 +81,8 @@ pub struct Spec {
     pub other_credentials: OtherCredentials,
     /// The query parameter that may carry the key.
     pub key_query_param: Option<String>,
+    /// A Streamable HTTP MCP endpoint.
+    pub mcp: bool,
 }
 
 impl Route {
@@ -152,6 +158,7 @@ impl Route {
             upstream: spec.upstream,
             other_credentials: spec.other_credentials,
             key_query_param: spec.key_query_param,
+            mcp: spec.mcp,
         })
     }
 
@@ -169,6 +176,7 @@ impl Route {
             upstream: 0,
             other_credentials: OtherCredentials::Reject,
             key_query_param: None,
+            mcp: false,
         }
     }
 

@@ -17,7 +17,7 @@ use super::remote;
 use crate::admin::keys::KeyView;
 use crate::clock::SharedClock;
 use crate::config::{self, Env, ProcessEnv};
-use crate::keys::{KeyRecord, Owner, Rate, Restrictions, Status};
+use crate::keys::{KeyRecord, McpPolicy, Owner, Rate, Restrictions, Status};
 use crate::manage::{self, NewKey};
 use crate::store::{Actor, ListQuery, Patch, Store};
 
@@ -109,6 +109,15 @@ struct CreateArgs {
     /// Comma-separated addresses or CIDR networks the key may be used from (default: any).
     #[arg(long, value_delimiter = ',')]
     allowed_ips: Vec<String>,
+    /// MCP routes: comma-separated tools (exact names and `*` globs) the key may see and call (default: all).
+    #[arg(long, value_delimiter = ',')]
+    mcp_tools: Vec<String>,
+    /// MCP routes: only read-only tools.
+    #[arg(long)]
+    mcp_read_only: bool,
+    /// MCP routes: refused (REST routes still work).
+    #[arg(long)]
+    mcp_disabled: bool,
     /// JSON object stored with the key.
     #[arg(long)]
     metadata: Option<String>,
@@ -178,6 +187,15 @@ struct UpdateArgs {
     /// New comma-separated IP allowlist (empty string = any address).
     #[arg(long)]
     allowed_ips: Option<String>,
+    /// New comma-separated MCP tool allowlist (empty string = all tools).
+    #[arg(long)]
+    mcp_tools: Option<String>,
+    /// MCP read-only on or off.
+    #[arg(long)]
+    mcp_read_only: Option<bool>,
+    /// MCP paused (true) or allowed (false).
+    #[arg(long)]
+    mcp_disabled: Option<bool>,
     #[command(flatten)]
     common: Common,
 }
@@ -382,6 +400,11 @@ impl Target {
                 routes: args.routes,
                 allowed_ips: networks(args.allowed_ips.iter().map(String::as_str))?,
                 rate_limit: args.rate_limit.as_deref().map(rate).transpose()?,
+                mcp: McpPolicy {
+                    disabled: args.mcp_disabled,
+                    tools: tools(args.mcp_tools.iter().map(String::as_str))?,
+                    read_only: args.mcp_read_only,
+                },
             },
             metadata,
         };
@@ -398,6 +421,7 @@ impl Target {
                     "restrictions": {"read_only": new.restrictions.read_only, "routes": new.restrictions.routes},
                     "allowed_ips": new.restrictions.allowed_ips,
                     "rate_limit": new.restrictions.rate_limit,
+                    "mcp": new.restrictions.mcp,
                     "metadata": new.metadata,
                 });
                 client
@@ -490,6 +514,20 @@ impl Target {
         if let Some(list) = &args.allowed_ips {
             patch.allowed_ips = Some(networks(list.split(','))?);
         }
+        if args.mcp_tools.is_some() || args.mcp_read_only.is_some() || args.mcp_disabled.is_some() {
+            let current = self.show(args.id).await?;
+            let mut mcp: McpPolicy = serde_json::from_value(current["mcp"].clone()).unwrap_or_default();
+            if let Some(list) = &args.mcp_tools {
+                mcp.tools = tools(list.split(','))?;
+            }
+            if let Some(read_only) = args.mcp_read_only {
+                mcp.read_only = read_only;
+            }
+            if let Some(disabled) = args.mcp_disabled {
+                mcp.disabled = disabled;
+            }
+            patch.mcp = Some(mcp);
+        }
         if args.read_only.is_some() || args.routes.is_some() {
             let current = self.show(args.id).await?;
             let mut restrictions: Restrictions =
@@ -538,6 +576,9 @@ impl Target {
                 }
                 if let Some(v) = patch.rate_limit {
                     body.insert("rate_limit".into(), json!(v));
+                }
+                if let Some(v) = patch.mcp {
+                    body.insert("mcp".into(), json!(v));
                 }
                 client
                     .call(
@@ -634,6 +675,22 @@ fn actor(common: &Common) -> String {
 /// `--rate-limit` as a [`Rate`].
 fn rate(s: &str) -> anyhow::Result<Rate> {
     Rate::parse(s).map_err(|e| anyhow::anyhow!("--rate-limit {e}"))
+}
+
+/// `--mcp-tools` entries (empty entries are skipped).
+fn tools<'a>(list: impl Iterator<Item = &'a str>) -> anyhow::Result<Vec<String>> {
+    list.map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(|t| {
+            if crate::keys::record::is_valid_tool_pattern(t) {
+                Ok(t.to_owned())
+            } else {
+                Err(anyhow::anyhow!(
+                    "--mcp-tools `{t}` must be 1-128 characters of A-Z, a-z, 0-9, `_`, `-`, `.`, `/`, `:` and `*`"
+                ))
+            }
+        })
+        .collect()
 }
 
 /// `--allowed-ips` entries as networks (empty entries are skipped).
@@ -754,6 +811,13 @@ fn print_record(k: &Value, json: bool, done: Option<&str>) {
     println!("routes:       {routes}");
     println!("allowed IPs:  {}", list(&k["allowed_ips"], "any"));
     println!("rate limit:   {}", or_default(&k["rate_limit"]));
+    let mcp = &k["mcp"];
+    println!(
+        "mcp:          {}, tools {}{}",
+        if mcp["disabled"] == true { "paused" } else { "allowed" },
+        list(&mcp["tools"], "all"),
+        if mcp["read_only"] == true { ", read-only" } else { "" }
+    );
     println!("quota:        {}", or_default(&k["quota"]));
     println!("created by:   {}", text(&k["created_by"]));
     println!("created:      {}", text(&k["created_at"]));

@@ -33,6 +33,8 @@ pub struct File {
     pub rate_limit: RateLimit,
     /// Where client addresses come from.
     pub clients: Clients,
+    /// MCP routes.
+    pub mcp: Mcp,
     /// Key hygiene: idle keys, leaked keys.
     pub hygiene: Hygiene,
     /// Routes, tried in file order.
@@ -263,6 +265,37 @@ pub struct RateLimit {
     pub per_key: Option<Spanned<String>>,
 }
 
+/// `[mcp]`
+#[derive(Debug, Deserialize)]
+#[serde(default)]
+pub struct Mcp {
+    /// Largest request body on an MCP route, in bytes. Default 1 MiB.
+    pub max_body_bytes: Spanned<u64>,
+    /// Tools that are read-only (exact names and `*` globs).
+    pub read_only_tools: Vec<Spanned<String>>,
+    /// Believe the upstream's `readOnlyHint` annotations. Default true.
+    pub trust_read_only_hint: bool,
+    /// Methods that cost nothing (exact names and `*` globs).
+    pub free_methods: Option<Vec<Spanned<String>>>,
+    /// Cost of a `tools/call` per tool (name or glob → units).
+    pub tool_costs: toml::Table,
+    /// Tools named in metrics.
+    pub tool_labels: Vec<Spanned<String>>,
+}
+
+impl Default for Mcp {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: spanned(1 << 20),
+            read_only_tools: Vec::new(),
+            trust_read_only_hint: true,
+            free_methods: None,
+            tool_costs: toml::Table::new(),
+            tool_labels: Vec::new(),
+        }
+    }
+}
+
 /// `[clients]`
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
@@ -325,6 +358,10 @@ pub struct Route {
     /// A query parameter that may carry the key (e.g. `api_key`), for clients that
     /// can only be given a URL. Off by default; the header is the better place.
     pub key_query_param: Option<Spanned<String>>,
+    /// A Streamable HTTP MCP endpoint: JSON-RPC aware (per-key tool allowlists,
+    /// read-only keys, per-call quota).
+    #[serde(default)]
+    pub mcp: bool,
 }
 
 fn one() -> u64 {

@@ -341,6 +341,7 @@ fn build(file: &File, env: &dyn Env, check: &mut Check<'_>) -> Config {
                 .ok()
         })
         .collect();
+    let mcp = mcp_settings(&file.mcp, check);
     let h = &file.hygiene;
     let hygiene = Hygiene {
         pause_after_idle: h.pause_after_idle.as_ref().map(|d| {
@@ -394,6 +395,7 @@ fn build(file: &File, env: &dyn Env, check: &mut Check<'_>) -> Config {
             signer,
             max_failed_auth_per_minute: p.max_failed_auth_per_minute,
             trusted_proxies,
+            mcp,
         },
         auth: auth::Settings {
             routes: route::Table::new(routes, unmatched).with_other_credentials(other_credentials),
@@ -411,6 +413,58 @@ fn build(file: &File, env: &dyn Env, check: &mut Check<'_>) -> Config {
         redis,
         admin,
         hygiene,
+    }
+}
+
+fn mcp_settings(m: &file::Mcp, check: &mut Check<'_>) -> crate::mcp::Settings {
+    let defaults = crate::mcp::Settings::default();
+    let mut patterns = |list: &[Spanned<String>], key: &str| -> Vec<String> {
+        list.iter()
+            .filter_map(|p| {
+                let ok = crate::keys::record::is_valid_tool_pattern(p.get_ref());
+                if !ok {
+                    check.error(
+                        p.span(),
+                        format!(
+                            "mcp.{key}: `{}` must be 1-128 characters of A-Z, a-z, 0-9, `_`, `-`, `.`, `/`, `:` and `*`",
+                            p.get_ref()
+                        ),
+                    );
+                }
+                ok.then(|| p.get_ref().clone())
+            })
+            .collect()
+    };
+    let read_only_tools = patterns(&m.read_only_tools, "read_only_tools");
+    let tool_labels = patterns(&m.tool_labels, "tool_labels");
+    let free_methods = match &m.free_methods {
+        Some(list) => patterns(list, "free_methods"),
+        None => defaults.free_methods,
+    };
+    let mut tool_costs = Vec::new();
+    for (tool, cost) in &m.tool_costs {
+        match cost.as_integer().and_then(|c| u64::try_from(c).ok()) {
+            Some(c) if crate::keys::record::is_valid_tool_pattern(tool) => tool_costs.push((tool.clone(), c)),
+            _ => check.error(
+                m.max_body_bytes.span(),
+                format!("mcp.tool_costs: `{tool}` needs a tool name or glob and a cost of 0 or more units"),
+            ),
+        }
+    }
+    let max_body = *m.max_body_bytes.get_ref();
+    if !(1024..=64 << 20).contains(&max_body) {
+        check.error(
+            m.max_body_bytes.span(),
+            "mcp.max_body_bytes: must be from 1024 to 67108864 (64 MiB)",
+        );
+    }
+    crate::mcp::Settings {
+        max_body: usize::try_from(max_body).unwrap_or(usize::MAX),
+        read_only_tools,
+        trust_read_only_hint: m.trust_read_only_hint,
+        free_methods,
+        tool_costs,
+        tool_labels,
     }
 }
 
@@ -540,6 +594,7 @@ fn routes(
                 .as_ref()
                 .and_then(|o| other_credentials(o, &format!("route `{name}` other_credentials"), check))
                 .unwrap_or(default_other),
+            mcp: r.mcp,
             key_query_param: r.key_query_param.as_ref().and_then(|q| {
                 let valid = !q.get_ref().is_empty()
                     && q.get_ref().len() <= 64

@@ -7,7 +7,7 @@ pub mod record;
 pub mod secret;
 
 pub use format::Format;
-pub use record::{KeyRecord, Owner, Rate, Restrictions, Status};
+pub use record::{KeyRecord, McpPolicy, Owner, Rate, Restrictions, Status};
 pub use secret::{ApiKey, KeyHash};
 
 /// Whether `s` is a valid scope name: 1-64 characters of `a-z`, `0-9`, `_`, `-`, `.`, `:`.

@@ -55,6 +55,39 @@ pub struct Restrictions {
     /// The key's own short-window rate limit, instead of `[rate_limit] per_key`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<Rate>,
+    /// What the key may do on MCP routes.
+    #[serde(default, skip_serializing_if = "McpPolicy::is_open")]
+    pub mcp: McpPolicy,
+}
+
+/// A key's policy on `mcp = true` routes, independent of its REST access.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct McpPolicy {
+    /// MCP paused for this key: every MCP method is refused except the few a client
+    /// needs to fail gracefully (`initialize`, `ping`, notifications, `DELETE`).
+    #[serde(default)]
+    pub disabled: bool,
+    /// Tools the key may see and call: exact names and `*` globs; empty = all.
+    #[serde(default)]
+    pub tools: Vec<String>,
+    /// Only read-only tools (`[mcp] read_only_tools`, or the upstream's `readOnlyHint`).
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+impl McpPolicy {
+    /// No MCP restriction at all.
+    pub fn is_open(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+/// Whether a tool allowlist entry is well formed: 1-128 characters of `A-Z`, `a-z`,
+/// `0-9`, `_`, `-`, `.`, `/`, `:` and the glob `*`.
+pub fn is_valid_tool_pattern(p: &str) -> bool {
+    (1..=128).contains(&p.len())
+        && p.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b'/' | b':' | b'*'))
 }
 
 impl Restrictions {

@@ -29,6 +29,10 @@ pub(super) struct Line<'a> {
     /// The route's key query parameter when the request carried it: logged as
     /// `name=[redacted]`, its value never.
     pub query_key: Option<&'a str>,
+    /// On MCP routes: the JSON-RPC method (`batch` for several messages).
+    pub mcp_method: Option<String>,
+    /// On MCP routes: the tool(s) called.
+    pub mcp_tool: Option<String>,
 }
 
 /// The route's key query parameter, if `uri` carries it.
@@ -64,6 +68,8 @@ impl<'a> Line<'a> {
             total: Duration::ZERO,
             auth: None,
             query_key: None,
+            mcp_method: None,
+            mcp_tool: None,
         }
     }
 
@@ -81,6 +87,8 @@ impl<'a> Line<'a> {
             key_id = self.key.map(|k| tracing::field::display(k.id)),
             org = self.key.and_then(|k| k.org_id.as_deref()),
             auth = self.auth.map(AuthMethod::as_str),
+            mcp_method = self.mcp_method.as_deref(),
+            mcp_tool = self.mcp_tool.as_deref(),
             request_id = self.request_id.to_str().unwrap_or("-"),
             decision_us = micros(self.decision),
             upstream_us = self.upstream.map(micros),

@@ -36,7 +36,11 @@ pub enum Error {
     Http(#[source] hyper::Error),
 }
 
-type Sender = SendRequest<Incoming>;
+/// A forwarded request's body: the client's, streamed, or one keygate rewrote (an
+/// MCP message with refused entries taken out).
+pub type RequestBody = http_body_util::Either<Incoming, http_body_util::Full<Bytes>>;
+
+type Sender = SendRequest<RequestBody>;
 
 thread_local! {
     // A handful of upstreams at most: a linear scan beats hashing the authority.
@@ -92,7 +96,7 @@ pub struct Limits {
 pub async fn send(
     upstream: &Upstream,
     limits: Limits,
-    mut req: Request<Incoming>,
+    mut req: Request<RequestBody>,
 ) -> Result<Response<PooledBody>, Error> {
     // A pooled connection may have been closed by the upstream meanwhile; a request
     // it never sent comes back and goes to the next one.
@@ -129,13 +133,13 @@ pub async fn send(
 }
 
 enum Retry {
-    Again(Box<Request<Incoming>>),
+    Again(Box<Request<RequestBody>>),
     No(Error),
 }
 
 async fn exchange(
     sender: &mut Sender,
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
     timeout: Duration,
 ) -> Result<Response<Incoming>, Retry> {
     match tokio::time::timeout(timeout, sender.try_send_request(req)).await {

@@ -10,6 +10,7 @@ pub mod client;
 pub mod ext_authz;
 pub mod forward;
 pub mod headers;
+mod mcp;
 pub mod respond;
 pub mod signature;
 pub mod wire;
@@ -70,6 +71,8 @@ pub struct Settings {
     pub max_failed_auth_per_minute: u32,
     /// Proxies whose `X-Forwarded-For` is believed (`[clients] trusted_proxies`).
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// MCP routes (`[mcp]`).
+    pub mcp: crate::mcp::Settings,
 }
 
 impl Settings {
@@ -151,7 +154,12 @@ impl Upstream {
     }
 }
 
-type Body = Either<forward::PooledBody, Full<Bytes>>;
+type Body = Either<forward::PooledBody, Either<Full<Bytes>, mcp::Filtered>>;
+
+/// A response keygate wrote itself, as the data plane's body type.
+fn own(resp: Response<Full<Bytes>>) -> Response<Body> {
+    resp.map(|b| Either::Right(Either::Left(b)))
+}
 
 struct Shared {
     decider: Arc<Decider>,
@@ -159,6 +167,8 @@ struct Shared {
     clock: SharedClock,
     metrics: Arc<Metrics>,
     failures: Failures,
+    /// Read-only hints learnt from MCP servers' tool lists.
+    mcp: Arc<crate::mcp::Catalog>,
 }
 
 /// A running data plane.
@@ -220,6 +230,7 @@ pub fn start(
         clock,
         metrics,
         failures: Failures::default(),
+        mcp: Arc::default(),
     });
     let mut threads = Vec::with_capacity(workers);
     for (i, listener) in listeners.into_iter().enumerate() {
@@ -322,7 +333,7 @@ async fn handle(shared: &Shared, peer: SocketAddr, req: Request<Incoming>) -> Re
             line.status = resp.status().as_u16();
             line.write();
         }
-        resp.map(Either::Right)
+        own(resp)
     };
     if let Err(p) = wire::check(req.version(), req.headers()) {
         return refuse(respond::error(p.status, p.code, p.message, &request_id), p.code);
@@ -381,6 +392,8 @@ async fn handle(shared: &Shared, peer: SocketAddr, req: Request<Incoming>) -> Re
         total: decision,
         auth: None,
         query_key: None,
+        mcp_method: None,
+        mcp_tool: None,
     };
     let grant = match decided {
         Ok(grant) => grant,
@@ -401,7 +414,7 @@ async fn handle(shared: &Shared, peer: SocketAddr, req: Request<Incoming>) -> Re
             if settings.access_log {
                 line.write();
             }
-            return resp.map(Either::Right);
+            return own(resp);
         }
     };
     let route = grant.route;
@@ -417,7 +430,7 @@ async fn handle(shared: &Shared, peer: SocketAddr, req: Request<Incoming>) -> Re
         if settings.access_log {
             line.write();
         }
-        return resp.map(Either::Right);
+        return own(resp);
     }
     let Some(upstream) = settings.upstreams.get(route.upstream) else {
         line.code = "upstream_unavailable";
@@ -432,9 +445,54 @@ async fn handle(shared: &Shared, peer: SocketAddr, req: Request<Incoming>) -> Re
         if settings.access_log {
             line.write();
         }
-        return resp.map(Either::Right);
+        return own(resp);
     };
     let (mut parts, body) = req.into_parts();
+    let mut usage = grant.usage;
+    let mut mcp_answer = None;
+    let body = match &grant.key {
+        Some(key) if route.mcp => {
+            let mut summary = mcp::Summary::default();
+            let step = mcp::prepare(
+                shared,
+                &live,
+                route,
+                key,
+                &parts.method,
+                &parts.headers,
+                body,
+                &request_id,
+                &mut summary,
+            )
+            .await;
+            line.mcp_method = summary.method;
+            line.mcp_tool = summary.tool;
+            match step {
+                mcp::Step::Pass(body) => Either::Left(body),
+                mcp::Step::Forward(bytes, answer) => {
+                    usage = answer.usage.or(usage);
+                    mcp_answer = Some(answer);
+                    parts.headers.remove(http::header::TRANSFER_ENCODING);
+                    parts
+                        .headers
+                        .insert(http::header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+                    Either::Right(Full::new(bytes))
+                }
+                mcp::Step::Respond(mut resp, code) => {
+                    line.code = code;
+                    headers::prepare_response(resp.headers_mut(), usage.as_ref(), &request_id, shared.clock.now());
+                    line.status = resp.status().as_u16();
+                    metrics.request(line.route, line.code);
+                    if settings.access_log {
+                        line.total = started.elapsed();
+                        line.write();
+                    }
+                    return own(resp);
+                }
+            }
+        }
+        _ => Either::Left(body),
+    };
     let authority = parts.uri.authority().cloned();
     parts.uri = forward::origin_form(&parts.uri, route.key_query_param.as_deref());
     parts.version = Version::HTTP_11;
@@ -466,23 +524,21 @@ async fn handle(shared: &Shared, peer: SocketAddr, req: Request<Incoming>) -> Re
     let resp = match forwarded {
         Ok(mut resp) => {
             line.code = "forwarded";
-            headers::prepare_response(
-                resp.headers_mut(),
-                grant.usage.as_ref(),
-                &request_id,
-                shared.clock.now(),
-            );
-            resp.map(Either::Left)
+            headers::prepare_response(resp.headers_mut(), usage.as_ref(), &request_id, shared.clock.now());
+            match mcp_answer {
+                Some(answer) => mcp::answer(resp, answer).await,
+                None => resp.map(Either::Left),
+            }
         }
         Err(e) => {
             line.code = respond::upstream_code(&e);
             let mut resp = respond::upstream(&e, &request_id);
-            if let Some(usage) = &grant.usage {
+            if let Some(usage) = &usage {
                 // The request was charged; the client still learns where it stands.
                 let reset = crate::quota::seconds_until(usage.reset_at, shared.clock.now());
                 headers::insert_rate_limit(resp.headers_mut(), usage.limit, usage.remaining, reset);
             }
-            resp.map(Either::Right)
+            own(resp)
         }
     };
     metrics.request(line.route, line.code);

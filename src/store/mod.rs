@@ -85,6 +85,8 @@ pub struct Patch {
     pub allowed_ips: Option<Vec<ipnet::IpNet>>,
     /// New rate limit (`Some(None)` = back to `[rate_limit] per_key`).
     pub rate_limit: Option<Option<crate::keys::Rate>>,
+    /// New MCP policy (replaces the whole policy).
+    pub mcp: Option<crate::keys::McpPolicy>,
     /// New quota override (`Some(None)` clears it).
     pub quota_limit: Option<Option<u64>>,
     /// New expiry (`Some(None)` clears it).
@@ -111,6 +113,9 @@ impl Patch {
         }
         if let Some(v) = self.rate_limit {
             record.restrictions.rate_limit = v;
+        }
+        if let Some(v) = &self.mcp {
+            record.restrictions.mcp.clone_from(v);
         }
         if let Some(v) = self.quota_limit {
             record.quota_limit = v;

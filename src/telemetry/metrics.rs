@@ -24,6 +24,7 @@ pub struct Metrics {
     reloads: IntCounterVec,
     reload_ok: IntGauge,
     hygiene: IntCounterVec,
+    mcp: IntCounterVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -116,6 +117,14 @@ impl Metrics {
         for reason in ["idle", "leak"] {
             hygiene.with_label_values(&[reason]);
         }
+        let mcp = IntCounterVec::new(
+            Opts::new(
+                "keygate_mcp_messages_total",
+                "JSON-RPC messages on MCP routes by route, method (MCP methods by name, else other), tool (names in [mcp] tool_labels, else other; empty for other methods) and outcome (forwarded or the refusal code).",
+            ),
+            &["route", "method", "tool", "outcome"],
+        )
+        .expect("valid metric");
         let build = IntGaugeVec::new(
             Opts::new("keygate_build_info", "Always 1; labels name the build."),
             &["version"],
@@ -132,6 +141,7 @@ impl Metrics {
             Box::new(reloads.clone()),
             Box::new(reload_ok.clone()),
             Box::new(hygiene.clone()),
+            Box::new(mcp.clone()),
             Box::new(build),
         ] {
             registry.register(m).expect("unique metric names");
@@ -147,7 +157,13 @@ impl Metrics {
             reloads,
             reload_ok,
             hygiene,
+            mcp,
         }
+    }
+
+    /// Counts one JSON-RPC message on an MCP route.
+    pub fn mcp_message(&self, route: &str, method: &str, tool: &str, outcome: &str) {
+        self.mcp.with_label_values(&[route, method, tool, outcome]).inc();
     }
 
     /// Counts `n` keys quarantined for `reason` (`idle` or `leak`).
