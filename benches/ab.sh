@@ -61,11 +61,7 @@ for p in "$PA" "$PB"; do
     for ((i = 0; i < 100; i++)); do curl -s -o /dev/null "http://127.0.0.1:$p/" && break; sleep 0.05; done
 done
 cpu() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-run() { # PORT SECS -> "req/s p99ms requests"
-    wrk -t1 -c64 -d"$2s" --latency -s "$LUA" "http://127.0.0.1:$1/v1/orgs/acme/items/1" -- "$TMP/keys.txt" |
-        awk '/requests in/ {n=$1} /Requests\/sec/ {r=$2} /^ +99%/ {v=$2; if (v ~ /us$/) p=v/1000; else if (v ~ /ms$/) p=v+0; else p=v*1000}
-             /Non-2xx/ {bad=$4} END {if (bad) {print "ab.sh: non-2xx responses" > "/dev/stderr"; exit 3}; printf "%s %.2f %s\n", r, p, n}'
-}
+run() { wrk_run "$2" "$LUA" "http://127.0.0.1:$1/v1/orgs/acme/items/1" "$TMP/keys.txt"; } # PORT SECS
 run "$PA" 2 >/dev/null; run "$PB" 2 >/dev/null   # warm L1 and the upstream pools
 declare -A cpu_s reqs
 printf '%-5s %-3s %10s %8s\n' round bin 'req/s' 'p99 ms'

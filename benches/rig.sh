@@ -19,3 +19,13 @@ key() {
     RUST_LOG=warn "$T/keygate" keys create --config "$TMP/keygate.toml" "$@" --json |
         python3 -c 'import json,sys; print(json.load(sys.stdin)["key"])'
 }
+
+# wrk -t1 -c64 for SECS against URL with the Lua SCRIPT (and its ARGS); prints
+# "req/s p99ms requests" and fails on any non-2xx answer.
+wrk_run() { # SECS SCRIPT URL [ARGS...]
+    local secs=$1 script=$2 url=$3
+    shift 3
+    wrk -t1 -c64 -d"${secs}s" --latency -s "$script" "$url" -- "$@" |
+        awk '/requests in/ {n=$1} /Requests\/sec/ {r=$2} /^ +99%/ {v=$2; if (v ~ /us$/) p=v/1000; else if (v ~ /ms$/) p=v+0; else p=v*1000}
+             /Non-2xx/ {bad=$4} END {if (bad) {print "wrk: non-2xx responses" > "/dev/stderr"; exit 3}; printf "%s %.2f %s\n", r, p, n}'
+}

@@ -27,7 +27,8 @@ install() {
 
 command -v redis-server >/dev/null || install redis-server
 command -v psql >/dev/null || install postgresql-client
-# Port picking, schemathesis, manifest validation and the signature verifier example.
+# Port picking, schemathesis, the MCP SDK, manifest validation and the signature
+# verifier example.
 command -v python3 >/dev/null || install python3 python3-venv
 # The forward-auth end-to-end test runs the shipped nginx example.
 [ -x /usr/sbin/nginx ] || command -v nginx >/dev/null || install nginx
@@ -70,6 +71,25 @@ fi
 KEYGATE_TEST_LOG_DIR=$(mktemp -d /tmp/keygate-test-logs.XXXXXX)
 export KEYGATE_TEST_LOG_DIR
 cleanup+=('rm -rf "$KEYGATE_TEST_LOG_DIR"')
+
+# The MCP tests run the protocol's official Python SDK (a server and a client):
+# pinned, in a venv outside the clone, installed once.
+MCP_SDK_VERSION=1.30.0
+mcp_venv=${XDG_CACHE_HOME:-$HOME/.cache}/keygate-mcp
+if ! "$mcp_venv/bin/python" -c "import mcp, importlib.metadata as m; assert m.version('mcp') == '$MCP_SDK_VERSION'" 2>/dev/null; then
+    echo "test.sh: installing the MCP Python SDK $MCP_SDK_VERSION into $mcp_venv" >&2
+    rm -rf "$mcp_venv"
+    python3 -m venv "$mcp_venv" 2>/dev/null || { install python3-venv; python3 -m venv "$mcp_venv"; }
+    if ! "$mcp_venv/bin/pip" install -q --disable-pip-version-check "mcp==$MCP_SDK_VERSION"; then
+        rm -rf "$mcp_venv"
+        if [ "${CI:-}" = true ]; then
+            echo "test.sh: cannot install the MCP Python SDK from PyPI" >&2
+            exit 1
+        fi
+        echo "test.sh: cannot install the MCP Python SDK; the MCP tests will be skipped" >&2
+    fi
+fi
+[ -x "$mcp_venv/bin/python" ] && export KEYGATE_MCP_PYTHON="$mcp_venv/bin/python"
 
 cargo test --all-targets "$@"
 cargo test --doc "$@"

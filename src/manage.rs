@@ -447,9 +447,15 @@ fn validate_new(new: &NewKey) -> Result<(), Error> {
 /// At most 100 tool patterns, each [`crate::keys::record::is_valid_tool_pattern`].
 fn validate_mcp(mcp: &crate::keys::McpPolicy) -> Result<(), Error> {
     if mcp.tools.len() > 100 {
-        return Err(Error::Invalid("an MCP tool allowlist holds at most 100 entries".into()));
+        return Err(Error::Invalid(
+            "an MCP tool allowlist holds at most 100 entries".into(),
+        ));
     }
-    match mcp.tools.iter().find(|t| !crate::keys::record::is_valid_tool_pattern(t)) {
+    match mcp
+        .tools
+        .iter()
+        .find(|t| !crate::keys::record::is_valid_tool_pattern(t))
+    {
         Some(bad) => Err(Error::Invalid(format!(
             "MCP tool `{bad}` must be 1-128 characters of A-Z, a-z, 0-9, `_`, `-`, `.`, `/`, `:` and `*`"
         ))),

@@ -46,7 +46,9 @@ fn python() -> Option<PathBuf> {
 }
 
 fn sdk(file: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/mcp_sdk").join(file)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/mcp_sdk")
+        .join(file)
 }
 
 /// The SDK's FastMCP server, answering with JSON or event streams.
@@ -187,10 +189,7 @@ impl Rpc {
                     let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                         let seen = Arc::clone(&seen);
                         async move {
-                            let sse = req
-                                .headers()
-                                .get("x-answer")
-                                .is_some_and(|v| v == "sse");
+                            let sse = req.headers().get("x-answer").is_some_and(|v| v == "sse");
                             let body = req.into_body().collect().await.expect("body").to_bytes();
                             let value: Value = serde_json::from_slice(&body).expect("JSON from keygate");
                             seen.lock().expect("lock").push(value.clone());
@@ -233,7 +232,10 @@ fn rpc_answer(value: &Value, sse: bool) -> hyper::Response<Full<Bytes>> {
         .collect();
     let builder = hyper::Response::builder();
     if answers.is_empty() {
-        return builder.status(202).body(Full::new(Bytes::new())).expect("response");
+        return builder
+            .status(202)
+            .body(Full::new(Bytes::new()))
+            .expect("response");
     }
     if sse {
         let mut text = String::from(": keep-alive\n\n");
@@ -291,7 +293,13 @@ async fn sdk_scenarios(mode: &str) {
     .await;
 
     // Two keys, two tool lists; an allowed call end to end; a refused one never arrives.
-    let a = client(&python, &url, &searcher, &["search_docs=rust", "delete_document=7"]).await;
+    let a = client(
+        &python,
+        &url,
+        &searcher,
+        &["search_docs=rust", "delete_document=7"],
+    )
+    .await;
     println!("[{mode}] key with tools search_*,get_document: {a}");
     assert_eq!(a["tools"], json!(["get_document", "search_docs"]));
     assert_eq!(a["calls"]["search_docs"]["text"], "3 documents match rust");
@@ -299,7 +307,11 @@ async fn sdk_scenarios(mode: &str) {
     assert_eq!(refused["code"], -32001);
     assert_eq!(refused["data"]["code"], "tool_not_allowed");
     assert_eq!(refused["data"]["tool"], "delete_document");
-    assert!(refused["data"]["request_id"].as_str().is_some_and(|r| !r.is_empty()));
+    assert!(
+        refused["data"]["request_id"]
+            .as_str()
+            .is_some_and(|r| !r.is_empty())
+    );
     let b = client(&python, &url, &writer, &["report=q3"]).await;
     println!("[{mode}] key with tools report,delete_document: {b}");
     assert_eq!(b["tools"], json!(["delete_document", "report"]));
@@ -308,13 +320,25 @@ async fn sdk_scenarios(mode: &str) {
     println!("[{mode}] the MCP server's own log:\n{log}");
     assert!(log.contains("call search_docs rust"));
     assert!(log.contains("call report q3"));
-    assert!(!log.contains("delete_document"), "the refused call never reached the server");
+    assert!(
+        !log.contains("delete_document"),
+        "the refused call never reached the server"
+    );
 
     // Read-only: the upstream's readOnlyHint plus [mcp] read_only_tools.
-    let c = client(&python, &url, &read_only, &["get_document=1", "delete_document=2"]).await;
+    let c = client(
+        &python,
+        &url,
+        &read_only,
+        &["get_document=1", "delete_document=2"],
+    )
+    .await;
     assert_eq!(c["tools"], json!(["get_document", "report", "search_docs"]));
     assert_eq!(c["calls"]["get_document"]["text"], "document 1");
-    assert_eq!(c["calls"]["delete_document"]["error"]["data"]["code"], "tool_not_allowed");
+    assert_eq!(
+        c["calls"]["delete_document"]["error"]["data"]["code"],
+        "tool_not_allowed"
+    );
     assert!(!server.log().contains("delete_document"));
 
     // Quota: tool calls are charged (report costs 3 by [mcp] tool_costs), the rest is free.
@@ -324,7 +348,10 @@ async fn sdk_scenarios(mode: &str) {
     assert_eq!(d["calls"]["report"]["text"], "report on b", "1 + 3 = 4 units");
     let d = client(&python, &url, &budget, &["search_docs=c"]).await;
     assert_eq!(d["tools"].as_array().map(Vec::len), Some(4), "listing is free");
-    assert_eq!(d["calls"]["search_docs"]["error"]["data"]["code"], "quota_exceeded");
+    assert_eq!(
+        d["calls"]["search_docs"]["error"]["data"]["code"],
+        "quota_exceeded"
+    );
     assert!(!server.log().contains("search_docs c"));
 
     // MCP paused: initialize works, everything else is refused; REST still works.
@@ -353,12 +380,16 @@ async fn sdk_scenarios(mode: &str) {
             .body(body)
             .send()
     };
-    let resp = post(&searcher, "{\"jsonrpc\":\"2.0\",".into()).await.expect("post");
+    let resp = post(&searcher, "{\"jsonrpc\":\"2.0\",".into())
+        .await
+        .expect("post");
     assert_eq!(resp.status(), 400);
     let body: Value = resp.json().await.expect("JSON-RPC error");
     assert_eq!(body["error"]["code"], -32700);
     assert_eq!(body["id"], Value::Null);
-    let resp = post(&searcher, r#"{"jsonrpc":"2.0","id":1}"#.into()).await.expect("post");
+    let resp = post(&searcher, r#"{"jsonrpc":"2.0","id":1}"#.into())
+        .await
+        .expect("post");
     let body: Value = resp.json().await.expect("JSON-RPC error");
     assert_eq!(body["error"]["code"], -32600);
     let big = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
@@ -496,11 +527,19 @@ async fn a_mixed_batch_forwards_the_allowed_entries_and_answers_the_refused_ones
         assert_eq!(answers[0]["result"]["tool"], "search_docs");
         assert_eq!(answers[1]["error"]["data"]["code"], "tool_not_allowed");
         assert_eq!(answers[1]["id"], 2);
-        assert_eq!(answers[2]["result"]["tools"], json!([{"name": "search_docs", "inputSchema": {"type": "object"}, "annotations": {"readOnlyHint": true}}]));
+        assert_eq!(
+            answers[2]["result"]["tools"],
+            json!([{"name": "search_docs", "inputSchema": {"type": "object"}, "annotations": {"readOnlyHint": true}}])
+        );
     }
     // The upstream saw the batch without the refused entry, both times.
     for body in rpc.bodies() {
-        let ids: Vec<_> = body.as_array().expect("a batch").iter().map(|m| m["id"].clone()).collect();
+        let ids: Vec<_> = body
+            .as_array()
+            .expect("a batch")
+            .iter()
+            .map(|m| m["id"].clone())
+            .collect();
         assert_eq!(ids, [json!(1), json!(3), Value::Null]);
     }
     // A batch of refused entries only is answered without the upstream.
@@ -510,7 +549,10 @@ async fn a_mixed_batch_forwards_the_allowed_entries_and_answers_the_refused_ones
         .post(app.url("/rpc"))
         .bearer_auth(&key)
         .header("content-type", "application/json")
-        .body(json!([{"jsonrpc": "2.0", "id": "x", "method": "tools/call", "params": {"name": "rm"}}]).to_string())
+        .body(
+            json!([{"jsonrpc": "2.0", "id": "x", "method": "tools/call", "params": {"name": "rm"}}])
+                .to_string(),
+        )
         .send()
         .await
         .expect("batch");
@@ -519,4 +561,107 @@ async fn a_mixed_batch_forwards_the_allowed_entries_and_answers_the_refused_ones
     assert_eq!(answers[0]["error"]["data"]["code"], "tool_not_allowed");
     assert_eq!(rpc.bodies().len(), before);
     app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_api_and_the_cli_set_the_mcp_policy() {
+    let app = TestApp::start().await;
+    let admin = app.admin_key().await;
+    let send = |method: reqwest::Method, path: &str, body: Value| {
+        app.client
+            .request(method, app.admin_url(path))
+            .bearer_auth(&admin)
+            .json(&body)
+            .send()
+    };
+    let created: Value = send(
+        reqwest::Method::POST,
+        "/v1/keys",
+        json!({"name": "agent", "scopes": ["execute"], "mcp": {"tools": ["search_*"], "read_only": true}}),
+    )
+    .await
+    .expect("create")
+    .json()
+    .await
+    .expect("JSON");
+    assert_eq!(
+        created["mcp"],
+        json!({"disabled": false, "tools": ["search_*"], "read_only": true})
+    );
+    let path = format!("/v1/keys/{}", created["id"].as_str().expect("id"));
+    let patched: Value = send(reqwest::Method::PATCH, &path, json!({"mcp": {"disabled": true}}))
+        .await
+        .expect("patch")
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(
+        patched["mcp"],
+        json!({"disabled": true, "tools": [], "read_only": false}),
+        "the mcp object is replaced whole"
+    );
+    for bad in [
+        json!({"mcp": {"tools": ["two words"]}}),
+        json!({"mcp": {"paused": true}}),
+        json!({"mcp": []}),
+    ] {
+        let resp = send(reqwest::Method::PATCH, &path, bad.clone())
+            .await
+            .expect("patch");
+        assert_eq!(resp.status(), 400, "{bad}");
+    }
+    app.stop().await;
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = dir.path().join("keygate.toml");
+    std::fs::write(
+        &config,
+        format!("[store]\nurl = \"sqlite://{}/k.db\"\n", dir.path().display()),
+    )
+    .expect("config");
+    let keygate = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_keygate"))
+            .args(args)
+            .arg("--config")
+            .arg(&config)
+            .output()
+            .expect("keygate runs");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let created: Value = serde_json::from_str(&keygate(&[
+        "keys",
+        "create",
+        "--name",
+        "agent",
+        "--mcp-tools",
+        "search_*,get_document",
+        "--mcp-read-only",
+        "--json",
+    ]))
+    .expect("JSON");
+    assert_eq!(
+        created["mcp"],
+        json!({"disabled": false, "tools": ["search_*", "get_document"], "read_only": true})
+    );
+    let id = created["id"].as_str().expect("id");
+    let updated: Value = serde_json::from_str(&keygate(&[
+        "keys",
+        "update",
+        id,
+        "--mcp-disabled",
+        "true",
+        "--json",
+    ]))
+    .expect("JSON");
+    assert_eq!(
+        updated["mcp"],
+        json!({"disabled": true, "tools": ["search_*", "get_document"], "read_only": true}),
+        "the other MCP fields stay"
+    );
+    let shown = keygate(&["keys", "show", id]);
+    assert!(
+        shown.contains("mcp:          paused, tools search_*,get_document, read-only"),
+        "{shown}"
+    );
 }

@@ -314,13 +314,7 @@ async fn an_ip_allowlist_believes_x_forwarded_for_only_from_a_trusted_proxy() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_admin_api_sets_changes_and_shows_rate_limits_and_allowlists() {
     let app = TestApp::start().await;
-    let (admin, _) = app
-        .key(NewKey {
-            name: "admin".into(),
-            scopes: vec!["admin".into()],
-            ..NewKey::default()
-        })
-        .await;
+    let admin = app.admin_key().await;
     let call = |method: reqwest::Method, path: &str, body: Option<Value>| {
         let mut req = app
             .client

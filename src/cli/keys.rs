@@ -814,9 +814,17 @@ fn print_record(k: &Value, json: bool, done: Option<&str>) {
     let mcp = &k["mcp"];
     println!(
         "mcp:          {}, tools {}{}",
-        if mcp["disabled"] == true { "paused" } else { "allowed" },
+        if mcp["disabled"] == true {
+            "paused"
+        } else {
+            "allowed"
+        },
         list(&mcp["tools"], "all"),
-        if mcp["read_only"] == true { ", read-only" } else { "" }
+        if mcp["read_only"] == true {
+            ", read-only"
+        } else {
+            ""
+        }
     );
     println!("quota:        {}", or_default(&k["quota"]));
     println!("created by:   {}", text(&k["created_by"]));

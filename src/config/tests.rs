@@ -27,7 +27,15 @@ fn messages(src: &str) -> Vec<String> {
 fn the_example_config_loads() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let config = load(&root.join("config/keygate.toml"), &env(&[])).expect("example config is valid");
-    assert_eq!(config.auth.routes.routes().len(), 4);
+    assert_eq!(config.auth.routes.routes().len(), 5);
+    assert!(
+        config
+            .auth
+            .routes
+            .routes()
+            .iter()
+            .any(|r| r.name == "mcp" && r.mcp)
+    );
     assert_eq!(config.quota.limit, 1000);
     assert_eq!(config.proxy.listen.to_string(), "127.0.0.1:8080");
     assert_eq!(config.admin.expect("admin").listen.to_string(), "127.0.0.1:9091");
@@ -343,4 +351,27 @@ fn github_public_keys_must_be_a_readable_key_document() {
     );
     let missing = messages("[hygiene]\ngithub_public_keys = \"/nonexistent/keys.json\"\n");
     assert!(missing[0].contains("/nonexistent/keys.json"), "{missing:?}");
+}
+
+#[test]
+fn the_example_mcp_table_loads_when_uncommented() {
+    let block = example_block("mcp");
+    let config = parse(&block, &env(&[])).unwrap_or_else(|d| panic!("{block}\n{d:?}"));
+    let mcp = &config.proxy.mcp;
+    assert_eq!(mcp.max_body, 1 << 20);
+    assert_eq!(mcp.read_only_tools, ["search_*", "get_*"]);
+    assert_eq!(mcp.tool_costs, [("report".to_owned(), 5)]);
+    assert_eq!(mcp.free_methods, crate::mcp::Settings::default().free_methods);
+    assert_eq!(
+        parse("", &env(&[])).expect("valid").proxy.mcp,
+        crate::mcp::Settings::default()
+    );
+    let errors = messages("[mcp]\nmax_body_bytes = 10\nread_only_tools = [\"bad tool\"]\n");
+    assert_eq!(
+        errors,
+        [
+            "2:18: mcp.max_body_bytes: must be from 1024 to 67108864 (64 MiB)",
+            "3:20: mcp.read_only_tools: `bad tool` must be 1-128 characters of A-Z, a-z, 0-9, `_`, `-`, `.`, `/`, `:` and `*`",
+        ]
+    );
 }

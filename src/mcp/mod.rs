@@ -296,7 +296,9 @@ pub fn parse(body: &[u8]) -> Result<Body, Malformed> {
     let messages = values
         .into_iter()
         .enumerate()
-        .map(|(i, v)| message(v).map_err(|why| invalid(&if batch { format!("entry {i}: {why}") } else { why })))
+        .map(|(i, v)| {
+            message(v).map_err(|why| invalid(&if batch { format!("entry {i}: {why}") } else { why }))
+        })
         .collect::<Result<_, _>>()?;
     Ok(Body { messages, batch })
 }

@@ -40,7 +40,11 @@ fn messages_are_requests_notifications_or_responses_and_anything_else_is_invalid
     let body = parse(br#"[{"jsonrpc":"2.0","id":"a","method":"ping"},{"jsonrpc":"2.0","method":"notifications/initialized"},{"jsonrpc":"2.0","id":3,"result":{}}]"#)
         .expect("a batch");
     assert!(body.batch);
-    let kinds: Vec<_> = body.messages.iter().map(|m| (m.method(), m.id().cloned())).collect();
+    let kinds: Vec<_> = body
+        .messages
+        .iter()
+        .map(|m| (m.method(), m.id().cloned()))
+        .collect();
     assert_eq!(
         kinds,
         [
@@ -97,8 +101,14 @@ fn tool_calls_follow_the_allowlist_and_read_only_mode_and_cost_per_tool() {
     assert_eq!(judge(&open, &call("report")), Verdict::Forward { cost: 5 });
     assert_eq!(judge(&listed, &call("search_web")), Verdict::Forward { cost: 1 });
     assert!(refused("tool_not_allowed")(judge(&listed, &call("delete_all"))));
-    assert_eq!(judge(&read_only, &call("search_web")), Verdict::Forward { cost: 1 });
-    assert!(refused("tool_not_allowed")(judge(&read_only, &call("get_document"))));
+    assert_eq!(
+        judge(&read_only, &call("search_web")),
+        Verdict::Forward { cost: 1 }
+    );
+    assert!(refused("tool_not_allowed")(judge(
+        &read_only,
+        &call("get_document")
+    )));
     // The upstream's hint makes a tool read-only, once seen in a tools/list answer.
     let mut answer = json!({"jsonrpc": "2.0", "id": 2, "result": {"tools": [
         {"name": "get_document", "annotations": {"readOnlyHint": true}},
@@ -120,13 +130,15 @@ fn tool_calls_follow_the_allowlist_and_read_only_mode_and_cost_per_tool() {
         .map(|t| t["name"].as_str().expect("name"))
         .collect();
     assert_eq!(names, ["get_document", "search_web"]);
-    assert_eq!(judge(&read_only, &call("get_document")), Verdict::Forward { cost: 1 });
+    assert_eq!(
+        judge(&read_only, &call("get_document")),
+        Verdict::Forward { cost: 1 }
+    );
     // ... on that route only, and not when hints are not trusted.
-    let other_route = Judge {
-        route: "other",
-        ..j
-    };
-    assert!(refused("tool_not_allowed")(other_route.judge(&call("get_document"))));
+    let other_route = Judge { route: "other", ..j };
+    assert!(refused("tool_not_allowed")(
+        other_route.judge(&call("get_document"))
+    ));
     let untrusting = Settings {
         trust_read_only_hint: false,
         ..settings.clone()

@@ -78,10 +78,8 @@ impl Answer {
 
     /// Filters `value` if it answers one of the `tools/list` requests; says whether it did.
     fn filter(&self, value: &mut Value) -> bool {
-        let is_list_answer = value
-            .get("id")
-            .is_some_and(|id| self.list_ids.contains(id))
-            && value.get("method").is_none();
+        let is_list_answer =
+            value.get("id").is_some_and(|id| self.list_ids.contains(id)) && value.get("method").is_none();
         if is_list_answer {
             mcp::filter_tools(value, &self.judge());
         }
@@ -158,7 +156,10 @@ pub(super) async fn prepare(
             shared
                 .metrics
                 .mcp_message(&route.name, "other", "", "invalid_request");
-            return Step::Respond(json(StatusCode::BAD_REQUEST, &mcp::malformed(&m, rid)), "invalid_request");
+            return Step::Respond(
+                json(StatusCode::BAD_REQUEST, &mcp::malformed(&m, rid)),
+                "invalid_request",
+            );
         }
     };
     let judge = Judge {
@@ -344,7 +345,9 @@ pub(super) async fn answer(resp: Response<forward::PooledBody>, answer: Answer) 
             Err(_) => bytes,
         };
         parts.headers.remove(header::CONTENT_LENGTH);
-        parts.headers.insert(header::CONTENT_LENGTH, HeaderValue::from(out.len()));
+        parts
+            .headers
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(out.len()));
         return Response::from_parts(
             parts,
             http_body_util::Either::Right(http_body_util::Either::Left(Full::new(out))),
@@ -392,7 +395,10 @@ impl hyper::body::Body for Filtered {
     type Data = Bytes;
     type Error = hyper::Error;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         loop {
             if let Some(out) = self.queue.pop_front() {
                 return Poll::Ready(Some(Ok(Frame::data(out))));

@@ -480,7 +480,12 @@ async fn handle(shared: &Shared, peer: SocketAddr, req: Request<Incoming>) -> Re
                 }
                 mcp::Step::Respond(mut resp, code) => {
                     line.code = code;
-                    headers::prepare_response(resp.headers_mut(), usage.as_ref(), &request_id, shared.clock.now());
+                    headers::prepare_response(
+                        resp.headers_mut(),
+                        usage.as_ref(),
+                        &request_id,
+                        shared.clock.now(),
+                    );
                     line.status = resp.status().as_u16();
                     metrics.request(line.route, line.code);
                     if settings.access_log {
@@ -524,7 +529,12 @@ async fn handle(shared: &Shared, peer: SocketAddr, req: Request<Incoming>) -> Re
     let resp = match forwarded {
         Ok(mut resp) => {
             line.code = "forwarded";
-            headers::prepare_response(resp.headers_mut(), usage.as_ref(), &request_id, shared.clock.now());
+            headers::prepare_response(
+                resp.headers_mut(),
+                usage.as_ref(),
+                &request_id,
+                shared.clock.now(),
+            );
             match mcp_answer {
                 Some(answer) => mcp::answer(resp, answer).await,
                 None => resp.map(Either::Left),

@@ -4,7 +4,9 @@
 // temp dir, the bootstrap admin key (CLI), `keygate serve`; then drives Debian's
 // /usr/bin/chromium through playwright-core: sign in, create a key, read it once,
 // use it against the proxy, pause/resume, revoke it in the console, and check the
-// proxy refuses it. Screenshots go to test-artifacts/console/.
+// proxy refuses it; create a key with MCP tools, MCP read-only, allowed IPs and a
+// rate limit (client-side checks first) and check the console shows them.
+// Screenshots go to test-artifacts/console/.
 //
 // Run: node tests/browser/console.test.mjs   (scripts/browser-test.sh does the setup)
 // Env: KEYGATE_BIN (default $CARGO_TARGET_DIR/debug/keygate or target/debug/keygate),
@@ -398,8 +400,12 @@ org_param = "org"
     assertEq(await page.evaluate(() => document.activeElement && document.activeElement.id), 'create-name', 'focus moves into the dialog');
     await dialog.getByLabel('Name').fill('browser-e2e');
     await dialog.getByLabel('Organisation').fill('acme');
-    assert(await dialog.getByRole('checkbox', { name: 'read' }).isChecked(), 'read is checked by default');
-    assert(!(await dialog.getByRole('checkbox', { name: 'admin' }).isChecked()), 'admin is not checked by default');
+    // exact: "MCP read-only" also has "read" in its name.
+    assert(await dialog.getByRole('checkbox', { name: 'read', exact: true }).isChecked(), 'read is checked by default');
+    assert(!(await dialog.getByRole('checkbox', { name: 'admin', exact: true }).isChecked()), 'admin is not checked by default');
+    assert(!(await dialog.getByLabel('MCP read-only').isChecked()), 'MCP read-only is not checked by default');
+    assert(!(await dialog.getByLabel('MCP paused').isChecked()), 'MCP paused is not checked by default');
+    assertEq(await dialog.getByLabel('Rate limit').getAttribute('placeholder'), '10/s', 'rate limit placeholder');
     await shot('02-create-dialog-form.png', { dialog: true });
     await dialog.getByRole('button', { name: 'Create key' }).click();
 
@@ -411,6 +417,10 @@ org_param = "org"
     await dialog.getByText("Copy this key now. You won't be able to see it again.").waitFor();
     assert(await dialog.getByRole('heading', { name: 'Key created' }).isVisible(), 'dialog heading says Key created');
     assert((await dialog.innerText()).includes('acme'), 'dialog shows the org');
+    // Nothing filled in: open MCP access, any address, the default rate limit.
+    assertEq(await dialog.locator('dd[data-fact="mcp"]').innerText(), 'allowed, all tools', 'MCP fact of a default key');
+    assertEq(await dialog.locator('dd[data-fact="allowed-ips"]').innerText(), 'any', 'allowed IPs fact of a default key');
+    assertEq(await dialog.locator('dd[data-fact="rate-limit"]').innerText(), 'default', 'rate limit fact of a default key');
 
     await dialog.getByRole('button', { name: 'Copy' }).click();
     await dialog.getByText('Copied to the clipboard.').waitFor();
@@ -470,6 +480,10 @@ org_param = "org"
     const text = await dialog.innerText();
     assert(/1\s*\/\s*1,000/.test(text), `used / limit in usage dialog: ${text}`);
     assert(text.includes('Resets'), `reset time in usage dialog: ${text}`);
+    assertEq(await dialog.locator('dd[data-fact="mcp"]').innerText(), 'allowed, all tools', 'MCP access in usage dialog');
+    assertEq(await dialog.locator('dd[data-fact="allowed-ips"]').innerText(), 'any', 'allowed IPs in usage dialog');
+    assertEq(await dialog.locator('dd[data-fact="rate-limit"]').innerText(), 'default', 'rate limit in usage dialog');
+    assertEq(await rowOf('browser-e2e').locator('.key-access').count(), 0, 'no access line for a key with default access');
     await shot('05-usage-dialog.png', { dialog: true });
     await dialog.getByRole('button', { name: 'Close' }).click();
     await dialog.waitFor({ state: 'hidden' });
@@ -543,6 +557,114 @@ org_param = "org"
     await dialog.waitFor({ state: 'hidden' });
   });
 
+  // POSTs to /v1/keys the page sends (to prove client-side checks stop a request).
+  const keyPosts = [];
+  page.on('request', (req) => {
+    if (req.method() === 'POST' && new URL(req.url()).pathname === '/v1/keys') keyPosts.push(req.postData() || '');
+  });
+  const activeId = () => page.evaluate(() => document.activeElement && document.activeElement.id);
+
+  await step('invalid rate limit and MCP tool are refused in the dialog before any request', async () => {
+    await page.getByRole('button', { name: 'Create key' }).click();
+    const dialog = page.locator('#create-dialog');
+    await dialog.waitFor({ state: 'visible' });
+    const error = dialog.locator('#create-error');
+    const before = keyPosts.length;
+    await dialog.getByLabel('Name').fill('mcp-agent');
+    await dialog.getByLabel('Rate limit').fill('10/d');
+    await dialog.getByRole('button', { name: 'Create key' }).click();
+    await error.getByText('rate limit', { exact: false }).waitFor();
+    assert((await error.innerText()).includes('10/s'), `rate limit message gives an example: ${await error.innerText()}`);
+    assertEq(await activeId(), 'create-rate', 'focus moves to the rate limit field');
+    await dialog.getByLabel('Rate limit').fill('10/s');
+    await dialog.getByLabel('MCP tools').fill('search_*, get doc!');
+    await dialog.getByRole('button', { name: 'Create key' }).click();
+    await error.getByText('get doc!').waitFor();
+    assert((await error.innerText()).includes('MCP tool'), `MCP tool message: ${await error.innerText()}`);
+    assertEq(await activeId(), 'create-mcp-tools', 'focus moves to the MCP tools field');
+    await sleep(300);
+    assertEq(keyPosts.length, before, 'POST /v1/keys requests sent for invalid input');
+    assert(await dialog.locator('#create-form').isVisible(), 'the form stays open');
+    await shot('08-create-dialog-invalid-input.png', { dialog: true });
+  });
+
+  await step('an invalid allowed IP is refused by the server and its message shown', async () => {
+    const dialog = page.locator('#create-dialog');
+    const error = dialog.locator('#create-error');
+    const before = keyPosts.length;
+    await dialog.getByLabel('MCP tools').fill('search_*');
+    await dialog.getByLabel('Allowed IPs').fill('10.0.0.0/8, 10.0.0.300');
+    await dialog.getByRole('button', { name: 'Create key' }).click();
+    await error.getByText('Could not create the key').waitFor();
+    const text = await error.innerText();
+    assert(text.includes('allowed_ips') && text.includes('10.0.0.300'), `server message shown: ${text}`);
+    assertEq(keyPosts.length, before + 1, 'one POST /v1/keys sent');
+    assertEq(JSON.parse(keyPosts[keyPosts.length - 1]).allowed_ips.join(','), '10.0.0.0/8,10.0.0.300', 'allowed_ips sent trimmed');
+    assertEq(await activeId(), 'create-ips', 'focus moves to the allowed IPs field');
+  });
+
+  const mcpKey = await step('create a key with MCP tools, MCP read-only, allowed IPs and a rate limit', async () => {
+    const dialog = page.locator('#create-dialog');
+    const before = keyPosts.length;
+    await dialog.getByLabel('Organisation').fill('acme');
+    await dialog.getByLabel('MCP tools').fill(' search_* ');
+    await dialog.getByLabel('MCP read-only').check();
+    await dialog.getByLabel('Allowed IPs').fill('10.0.0.0/8, ');
+    await dialog.getByLabel('Rate limit').fill('10/s');
+    await dialog.getByRole('button', { name: 'Create key' }).click();
+    const field = dialog.getByLabel('API key for mcp-agent');
+    await field.waitFor({ state: 'visible' });
+    const key = await field.inputValue();
+    // Only what was filled in is sent.
+    assertEq(keyPosts.length, before + 1, 'one POST /v1/keys sent');
+    const sent = JSON.parse(keyPosts[keyPosts.length - 1]);
+    assertEq(JSON.stringify(sent.mcp), JSON.stringify({ tools: ['search_*'], read_only: true }), 'mcp sent');
+    assertEq(JSON.stringify(sent.allowed_ips), JSON.stringify(['10.0.0.0/8']), 'allowed_ips sent');
+    assertEq(sent.rate_limit, '10/s', 'rate_limit sent');
+    assertEq(await dialog.locator('dd[data-fact="mcp"]').innerText(), 'tools search_*, read-only', 'MCP fact after create');
+    assertEq(await dialog.locator('dd[data-fact="allowed-ips"]').innerText(), '10.0.0.0/8', 'allowed IPs fact after create');
+    assertEq(await dialog.locator('dd[data-fact="rate-limit"]').innerText(), '10/s', 'rate limit fact after create');
+    await shot('09-create-dialog-mcp-key.png', { dialog: true });
+    await dialog.getByRole('button', { name: 'Done' }).click();
+    await dialog.waitFor({ state: 'hidden' });
+    await page.locator('#created-key').waitFor({ state: 'detached' });
+
+    // What the server stored.
+    const list = await httpJson('GET', `${adminUrl}/v1/keys?search=mcp-agent`, { headers: admin });
+    assertEq(list.status, 200, 'GET /v1/keys?search=mcp-agent');
+    assertEq(list.json.items.length, 1, 'keys named mcp-agent');
+    const stored = list.json.items[0];
+    assertEq(JSON.stringify(stored.mcp), JSON.stringify({ disabled: false, tools: ['search_*'], read_only: true }), 'stored mcp');
+    assertEq(JSON.stringify(stored.allowed_ips), JSON.stringify(['10.0.0.0/8']), 'stored allowed_ips');
+    assertEq(stored.rate_limit, '10/s', 'stored rate_limit');
+
+    // The allowlist is in force: this test talks to the proxy from 127.0.0.1.
+    const r = await httpJson('GET', `${proxyUrl}/v1/orgs/acme/items/1`, { headers: { authorization: `Bearer ${key}` } });
+    assertEq(r.status, 403, `proxy status from outside the allowlist (${r.text})`);
+    assertEq(r.json && r.json.error && r.json.error.code, 'ip_not_allowed', 'error code from outside the allowlist');
+    return key;
+  });
+
+  await step('the key row and the Usage dialog show MCP access, allowed IPs and rate limit', async () => {
+    const row = rowOf('mcp-agent');
+    await row.waitFor();
+    const access = await row.locator('.key-access').innerText();
+    assert(access.includes('MCP: tools search_*, read-only'), `MCP access in the row: ${access}`);
+    assert(access.includes('IPs: 10.0.0.0/8'), `allowed IPs in the row: ${access}`);
+    assert(access.includes('Rate: 10/s'), `rate limit in the row: ${access}`);
+    await shot('10-table-mcp-key.png');
+    await row.getByRole('button', { name: 'Usage key mcp-agent' }).click();
+    const dialog = page.locator('#usage-dialog');
+    await dialog.locator('.usage-big').waitFor();
+    assert(await dialog.getByRole('heading', { name: 'Access' }).isVisible(), 'Access heading in the usage dialog');
+    assertEq(await dialog.locator('dd[data-fact="mcp"]').innerText(), 'tools search_*, read-only', 'MCP access in usage dialog');
+    assertEq(await dialog.locator('dd[data-fact="allowed-ips"]').innerText(), '10.0.0.0/8', 'allowed IPs in usage dialog');
+    assertEq(await dialog.locator('dd[data-fact="rate-limit"]').innerText(), '10/s', 'rate limit in usage dialog');
+    await shot('11-usage-dialog-mcp-key.png', { dialog: true });
+    await dialog.getByRole('button', { name: 'Close' }).click();
+    await dialog.waitFor({ state: 'hidden' });
+  });
+
   await step('names are rendered as text (no HTML injection)', async () => {
     const evil = '<img src=x onerror=alert(1)><b>bold</b>';
     const r = await httpJson('POST', `${adminUrl}/v1/keys`, { headers: admin, body: { name: evil } });
@@ -590,6 +712,7 @@ org_param = "org"
     assertEq(browserErrors.join('\n'), '', 'browser errors');
     assert(!keygateLog.includes(adminKey), 'the admin key must not appear in keygate logs');
     assert(!keygateLog.includes(plaintext), 'the created key must not appear in keygate logs');
+    assert(!keygateLog.includes(mcpKey), 'the MCP key must not appear in keygate logs');
   });
 }
 

@@ -469,6 +469,17 @@ impl TestApp {
         (key.expose().to_owned(), record)
     }
 
+    /// A platform admin key (scope `admin`, no org), for the admin API.
+    pub async fn admin_key(&self) -> String {
+        self.key(NewKey {
+            name: "admin".into(),
+            scopes: vec!["admin".into()],
+            ..NewKey::default()
+        })
+        .await
+        .0
+    }
+
     /// A key of org `acme` with `scopes`.
     pub async fn acme_key(&self, scopes: &[&str]) -> (String, KeyRecord) {
         self.key(NewKey {

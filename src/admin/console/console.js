@@ -232,6 +232,70 @@
     return h('span', { class: 'badge badge-' + (known ? status : 'other'), title: title }, known ? STATUS_LABELS[status] : status);
   }
 
+  // ---- access: MCP, IP allowlist, rate limit -------------------------------
+
+  // As the admin API checks them (tool patterns) or as keys::Rate::parse accepts them.
+  var TOOL_PATTERN = /^[A-Za-z0-9_.\/:*-]{1,128}$/;
+  var MAX_TOOLS = 100;
+  var RATE_PATTERN = /^[1-9][0-9]{0,5}\/(s|m|h)$/;
+
+  // Comma-separated input: trimmed, non-empty, each once.
+  function commaList(text) {
+    var out = [];
+    text.split(',').forEach(function (s) {
+      s = s.trim();
+      if (s && out.indexOf(s) < 0) out.push(s);
+    });
+    return out;
+  }
+
+  function mcpRestricted(m) {
+    return !!m && (!!m.disabled || !!m.read_only || !!(m.tools && m.tools.length));
+  }
+
+  // "allowed, all tools", "paused", "tools search_*, get_doc, read-only", ...
+  function mcpText(m) {
+    m = m || {};
+    var tools = m.tools || [];
+    var rules = [tools.length ? 'tools ' + tools.join(', ') : 'all tools'];
+    if (m.read_only) rules.push('read-only');
+    if (m.disabled) return 'paused' + (tools.length || m.read_only ? ' (' + rules.join(', ') + ')' : '');
+    return (tools.length ? '' : 'allowed, ') + rules.join(', ');
+  }
+
+  // "any" for an empty allowlist; with `max`, the first `max` entries and a count.
+  function ipsText(ips, max) {
+    ips = ips || [];
+    if (!ips.length) return 'any';
+    if (max && ips.length > max) return ips.slice(0, max).join(', ') + ' +' + (ips.length - max) + ' more';
+    return ips.join(', ');
+  }
+
+  function rateText(rate) {
+    return rate || 'default';
+  }
+
+  // <dt>/<dd> pairs for a .facts list.
+  function accessFacts(k) {
+    return [
+      h('dt', null, 'MCP'), h('dd', { 'data-fact': 'mcp' }, mcpText(k.mcp)),
+      h('dt', null, 'Allowed IPs'), h('dd', { 'data-fact': 'allowed-ips' }, ipsText(k.allowed_ips)),
+      h('dt', null, 'Rate limit'), h('dd', { 'data-fact': 'rate-limit' }, rateText(k.rate_limit)),
+    ];
+  }
+
+  // A line under the key name, only for keys with non-default access.
+  function accessLine(k) {
+    var items = [];
+    if (mcpRestricted(k.mcp)) items.push(['MCP', mcpText(k.mcp)]);
+    if (k.allowed_ips && k.allowed_ips.length) items.push(['IPs', ipsText(k.allowed_ips, 3)]);
+    if (k.rate_limit) items.push(['Rate', k.rate_limit]);
+    if (!items.length) return null;
+    return h('div', { class: 'key-access' }, items.map(function (it) {
+      return h('span', { class: 'access-item' }, h('span', { class: 'access-label' }, it[0] + ':'), ' ', it[1]);
+    }));
+  }
+
   // ---- views ---------------------------------------------------------------
 
   function showSignIn() {
@@ -383,7 +447,7 @@
       name.append(' ', h('span', { class: 'self-tag', title: 'The admin key this console is signed in with' }, 'you'));
     }
     return h('tr', { 'data-key-id': k.id },
-      h('td', { class: 'cell-name' }, name, meta),
+      h('td', { class: 'cell-name' }, name, meta, accessLine(k)),
       h('td', null, h('code', { class: 'prefix', title: 'Key prefix; the rest of the key is never stored' }, maskPrefix(k.prefix))),
       h('td', { class: 'cell-creator' }, k.created_by),
       h('td', { class: 'cell-time' }, timeEl(k.created_at, false)),
@@ -492,6 +556,40 @@
     var days = $('create-expiry').value;
     if (days) body.expires_at = new Date(Date.now() + Number(days) * 86400000).toISOString();
 
+    var tools = commaList($('create-mcp-tools').value);
+    if (tools.length > MAX_TOOLS) {
+      return createError('List at most ' + MAX_TOOLS + ' MCP tools.', 'create-mcp-tools');
+    }
+    var badTools = tools.filter(function (t) {
+      return !TOOL_PATTERN.test(t);
+    });
+    if (badTools.length) {
+      return createError(
+        'MCP tool \u201c' + badTools[0] + '\u201d is not valid: each entry must be 1\u2013128 characters of A\u2013Z, a\u2013z, 0\u20139, _ - . / : and *.',
+        'create-mcp-tools'
+      );
+    }
+    var mcp = {};
+    if (tools.length) mcp.tools = tools;
+    if ($('create-mcp-read-only').checked) mcp.read_only = true;
+    if ($('create-mcp-disabled').checked) mcp.disabled = true;
+    if (Object.keys(mcp).length) body.mcp = mcp;
+
+    // The server checks the addresses and networks (and says which one is wrong).
+    var ips = commaList($('create-ips').value);
+    if (ips.length) body.allowed_ips = ips;
+
+    var rate = $('create-rate').value.trim();
+    if (rate !== '') {
+      if (!RATE_PATTERN.test(rate)) {
+        return createError(
+          'The rate limit must be a count from 1 to 999999, a slash and s, m or h (per second, minute or hour), e.g. 10/s, 600/m or 1000/h.',
+          'create-rate'
+        );
+      }
+      body.rate_limit = rate;
+    }
+
     var submit = $('create-submit');
     submit.disabled = true;
     submit.textContent = 'Creating\u2026';
@@ -505,7 +603,7 @@
       })
       .catch(function (e) {
         if (isAuthFailure(e)) return showError('Could not create the key', e);
-        createError('Could not create the key: ' + e.message);
+        createError('Could not create the key: ' + e.message, /^allowed_ips\b/.test(e.message) ? 'create-ips' : null);
       })
       .then(function () {
         submit.disabled = false;
@@ -544,7 +642,8 @@
       h('dt', null, 'Prefix'), h('dd', null, h('code', null, maskPrefix(created.prefix))),
       h('dt', null, 'Organisation'), h('dd', null, created.org_id || 'none'),
       h('dt', null, 'Scopes'), h('dd', null, (created.scopes || []).join(', ') || 'none'),
-      h('dt', null, 'Expires'), h('dd', null, created.expires_at ? timeEl(created.expires_at, false) : 'never')
+      h('dt', null, 'Expires'), h('dd', null, created.expires_at ? timeEl(created.expires_at, false) : 'never'),
+      accessFacts(created)
     );
 
     var panel = h('section', { id: 'create-result', class: 'create-result', 'aria-labelledby': 'create-result-title' },
@@ -710,12 +809,24 @@
             )
           );
         }
+        parts.push(accessSection(k));
         body.replaceChildren.apply(body, parts);
       })
       .catch(function (e) {
         if (isAuthFailure(e)) return showError('Could not load usage', e);
-        body.replaceChildren(h('p', { class: 'dialog-error', role: 'alert' }, 'Could not load usage: ' + e.message));
+        body.replaceChildren(
+          h('p', { class: 'dialog-error', role: 'alert' }, 'Could not load usage: ' + e.message),
+          accessSection(k)
+        );
       });
+  }
+
+  // What the key may do: MCP, allowed IPs, rate limit (from the key list).
+  function accessSection(k) {
+    return h('section', { class: 'access', 'aria-labelledby': 'usage-access-title' },
+      h('h3', { class: 'section-title', id: 'usage-access-title' }, 'Access'),
+      h('dl', { class: 'facts' }, accessFacts(k))
+    );
   }
 
   // ---- wiring --------------------------------------------------------------
