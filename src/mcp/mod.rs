@@ -1,7 +1,7 @@
 //! MCP-aware authorization for `mcp = true` routes (Streamable HTTP): what each
 //! JSON-RPC message a key sends may do, what it costs, and which tools a key sees.
 //!
-//! Pure: the proxy reads the body, asks [`judge`] about each [`Message`], answers
+//! Pure: the proxy reads the body, asks [`Judge::judge`] about each [`Message`], answers
 //! refused requests itself with [`refusal`] and filters `tools/list` results with
 //! [`filter_tools`]; [`sse`] splits an event stream so a `tools/list` answer inside
 //! it can be rewritten while the rest streams through.

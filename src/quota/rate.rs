@@ -7,7 +7,7 @@
 //!
 //! Embedded mode keeps `tat` in an atomic per key. Redis mode keeps one `tat` per key
 //! in Redis, on Redis's clock, and replicas lease tokens from it with a server-side
-//! script ([`LEASE`]): at most the tokens that accrue in [`LEASE_TTL_MICROS`] per
+//! script (`LEASE`): at most the tokens that accrue in [`LEASE_TTL_MICROS`] per
 //! call, spendable for that long. Every token admitted anywhere was granted by the
 //! shared bucket at most [`LEASE_TTL_MICROS`] before it is spent, so over any span of
 //! time all replicas together admit at most `count` + the rate × (span +
