@@ -108,16 +108,19 @@ struct Counter {
     lease: AtomicU64,
     /// When the lease was last drawn from.
     lease_drawn_ms: AtomicI64,
-    /// One lease request in flight per counter.
-    leasing: tokio::sync::Mutex<()>,
     persisted: AtomicU64,
     last_used_ms: AtomicI64,
     last_used_persisted_ms: AtomicI64,
     window: Window,
     loaded: AtomicBool,
     load_retry_ms: AtomicI64,
-    loading: tokio::sync::Mutex<()>,
 }
+
+/// Locks taken per counter while loading its stored count or leasing from Redis
+/// (one in flight per counter), striped over the key id: a counter holds no lock of
+/// its own, which keeps it small (one per cached key and period). No code path holds
+/// two at once.
+const STRIPES: usize = 256;
 
 /// The counters of this process.
 pub struct Counters {
@@ -125,6 +128,7 @@ pub struct Counters {
     // `settings.limit` as a reload left it; the rest of `settings` needs a restart.
     default_limit: AtomicU64,
     map: DashMap<(Uuid, i64), Arc<Counter>>,
+    stripes: Box<[tokio::sync::Mutex<()>]>,
     store: Store,
     redis: Option<Arc<Redis>>,
     control: tokio::runtime::Handle,
@@ -143,10 +147,17 @@ impl Counters {
             settings,
             default_limit: AtomicU64::new(settings.limit),
             map: DashMap::new(),
+            stripes: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
             store,
             redis,
             control,
         }
+    }
+
+    /// The lock for loading or leasing `id`'s counters.
+    fn stripe(&self, id: Uuid) -> &tokio::sync::Mutex<()> {
+        let low = id.as_u128() as usize;
+        &self.stripes[low % STRIPES]
     }
 
     /// The defaults in force.
@@ -203,7 +214,7 @@ impl Counters {
                     .store(now.timestamp_millis(), Ordering::Relaxed);
                 return Ok(usage(counter.used_here()));
             }
-            let _turn = counter.leasing.lock().await;
+            let _turn = self.stripe(key.id).lock().await;
             if counter.lease.load(Ordering::Acquire) >= cost {
                 continue; // another request just leased
             }
@@ -269,14 +280,12 @@ impl Counters {
                 pending: AtomicU64::new(0),
                 lease: AtomicU64::new(0),
                 lease_drawn_ms: AtomicI64::new(0),
-                leasing: tokio::sync::Mutex::new(()),
                 persisted: AtomicU64::new(0),
                 last_used_ms: AtomicI64::new(0),
                 last_used_persisted_ms: AtomicI64::new(0),
                 window,
                 loaded: AtomicBool::new(false),
                 load_retry_ms: AtomicI64::new(0),
-                loading: tokio::sync::Mutex::new(()),
             })
         });
         Arc::clone(&entry)
@@ -286,7 +295,7 @@ impl Counters {
     /// it (so they stay exact); if the store is unreachable they go on without it and
     /// a later charge retries (at most once a second), adding it then.
     async fn load(&self, id: Uuid, counter: &Counter, now: DateTime<Utc>) {
-        let _guard = counter.loading.lock().await;
+        let _guard = self.stripe(id).lock().await;
         if counter.loaded.load(Ordering::Acquire)
             || counter.load_retry_ms.load(Ordering::Relaxed) > now.timestamp_millis()
         {
@@ -324,7 +333,7 @@ impl Counters {
             .map(|e| (e.key().0, Arc::clone(e.value())))
             .collect();
         for (id, c) in idle {
-            let _turn = c.leasing.lock().await;
+            let _turn = self.stripe(id).lock().await;
             let units = c.lease.swap(0, Ordering::AcqRel);
             if units == 0 {
                 continue;
