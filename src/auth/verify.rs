@@ -132,7 +132,7 @@ impl Verifier {
                 self.metrics.dependency_error("store");
                 Denial::Unavailable(Failure::Store(e))
             })?
-            .map(Arc::new);
+            .map(|record| Arc::new(record.for_cache()));
         self.metrics
             .cache("store", if found.is_some() { "hit" } else { "miss" });
         if let Some(l2) = &self.l2

@@ -160,7 +160,7 @@ impl Redis {
             Some(json) => {
                 let mut record: KeyRecord = serde_json::from_str(json).map_err(Error::Decode)?;
                 record.hash = *hash;
-                Ok(Lookup::Hit(Arc::new(record)))
+                Ok(Lookup::Hit(Arc::new(record.for_cache())))
             }
         }
     }

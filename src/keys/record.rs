@@ -291,6 +291,21 @@ impl KeyRecord {
     pub fn has_scope(&self, scope: &str) -> bool {
         self.scopes.iter().any(|s| s == scope)
     }
+
+    /// The record as the key caches (L1, L2) hold it: without what only the admin
+    /// store's readers show (`metadata`, `created_by`, `display_prefix`,
+    /// `last_used_at`), which the decision never reads and which would otherwise
+    /// be held once per cached key.
+    #[must_use]
+    pub fn for_cache(self) -> Self {
+        Self {
+            metadata: serde_json::Value::Null,
+            created_by: String::new(),
+            display_prefix: String::new(),
+            last_used_at: None,
+            ..self
+        }
+    }
 }
 
 #[cfg(test)]
