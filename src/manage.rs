@@ -182,7 +182,7 @@ impl Keys {
             hash: key.hash(),
             environment,
             scopes: new.scopes,
-            restrictions: new.restrictions,
+            restrictions: Arc::new(new.restrictions),
             quota_limit: new.quota_limit,
             metadata: new.metadata.unwrap_or_else(|| serde_json::json!({})),
             created_by: actor.name.clone(),

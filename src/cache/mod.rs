@@ -184,7 +184,7 @@ impl L1 {
 mod tests {
     use super::*;
     use crate::clock::ManualClock;
-    use crate::keys::record::{Owner, Restrictions};
+    use crate::keys::record::Owner;
 
     fn record() -> Arc<KeyRecord> {
         Arc::new(KeyRecord {
@@ -196,7 +196,7 @@ mod tests {
             hash: KeyHash::default(),
             environment: "live".into(),
             scopes: vec![],
-            restrictions: Restrictions::default(),
+            restrictions: Arc::default(),
             quota_limit: None,
             metadata: serde_json::Value::Null,
             created_by: "test".into(),

@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::net::IpAddr;
+use std::sync::{Arc, LazyLock};
 
 use chrono::{DateTime, Utc};
 use ipnet::IpNet;
@@ -216,8 +217,8 @@ pub struct KeyRecord {
     pub environment: String,
     /// Granted scopes.
     pub scopes: Vec<String>,
-    /// Further limits.
-    pub restrictions: Restrictions,
+    /// Further limits. Shared: cached records without any point at one instance.
+    pub restrictions: Arc<Restrictions>,
     /// Quota limit overriding the configured default.
     pub quota_limit: Option<u64>,
     /// Free-form metadata.
@@ -298,7 +299,14 @@ impl KeyRecord {
     /// be held once per cached key.
     #[must_use]
     pub fn for_cache(self) -> Self {
+        static OPEN: LazyLock<Arc<Restrictions>> = LazyLock::new(Arc::default);
+        let restrictions = if *self.restrictions == Restrictions::default() {
+            Arc::clone(&OPEN)
+        } else {
+            self.restrictions
+        };
         Self {
+            restrictions,
             metadata: serde_json::Value::Null,
             created_by: String::new(),
             display_prefix: String::new(),

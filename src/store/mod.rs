@@ -104,18 +104,19 @@ impl Patch {
         if let Some(v) = &self.scopes {
             record.scopes.clone_from(v);
         }
+        let restrictions = std::sync::Arc::make_mut(&mut record.restrictions);
         if let Some(v) = &self.restrictions {
-            record.restrictions.read_only = v.read_only;
-            record.restrictions.routes.clone_from(&v.routes);
+            restrictions.read_only = v.read_only;
+            restrictions.routes.clone_from(&v.routes);
         }
         if let Some(v) = &self.allowed_ips {
-            record.restrictions.allowed_ips.clone_from(v);
+            restrictions.allowed_ips.clone_from(v);
         }
         if let Some(v) = self.rate_limit {
-            record.restrictions.rate_limit = v;
+            restrictions.rate_limit = v;
         }
         if let Some(v) = &self.mcp {
-            record.restrictions.mcp.clone_from(v);
+            restrictions.mcp.clone_from(v);
         }
         if let Some(v) = self.quota_limit {
             record.quota_limit = v;
