@@ -181,7 +181,7 @@ impl Fixture {
             path: PATH,
             query: None,
             headers: &self.headers,
-            client: std::net::IpAddr::from([127, 0, 0, 1]),
+            client: Some(std::net::IpAddr::from([127, 0, 0, 1])),
         }
     }
 
@@ -298,7 +298,7 @@ fn decide(c: &mut Criterion) {
                 black_box(&record),
                 black_box(&matched),
                 &Method::GET,
-                std::net::IpAddr::from([127, 0, 0, 1]),
+                Some(std::net::IpAddr::from([127, 0, 0, 1])),
             )
             .is_ok()
         });

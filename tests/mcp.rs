@@ -189,11 +189,16 @@ impl Rpc {
                     let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                         let seen = Arc::clone(&seen);
                         async move {
-                            let sse = req.headers().get("x-answer").is_some_and(|v| v == "sse");
+                            let mode = req
+                                .headers()
+                                .get("x-answer")
+                                .and_then(|v| v.to_str().ok())
+                                .unwrap_or("json")
+                                .to_owned();
                             let body = req.into_body().collect().await.expect("body").to_bytes();
                             let value: Value = serde_json::from_slice(&body).expect("JSON from keygate");
                             seen.lock().expect("lock").push(value.clone());
-                            Ok::<_, Infallible>(rpc_answer(&value, sse))
+                            Ok::<_, Infallible>(rpc_answer(&value, &mode))
                         }
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
@@ -210,7 +215,7 @@ impl Rpc {
     }
 }
 
-fn rpc_answer(value: &Value, sse: bool) -> hyper::Response<Full<Bytes>> {
+fn rpc_answer(value: &Value, mode: &str) -> hyper::Response<Full<Bytes>> {
     let items: Vec<Value> = match value {
         Value::Array(items) => items.clone(),
         one => vec![one.clone()],
@@ -237,7 +242,21 @@ fn rpc_answer(value: &Value, sse: bool) -> hyper::Response<Full<Bytes>> {
             .body(Full::new(Bytes::new()))
             .expect("response");
     }
-    if sse {
+    if mode == "sse-array" {
+        let text = format!("event: message\ndata: {}\n\n", Value::Array(answers));
+        return builder
+            .header("content-type", "text/event-stream")
+            .body(Full::new(Bytes::from(text)))
+            .expect("response");
+    }
+    if mode == "gzip" {
+        return builder
+            .header("content-type", "application/json")
+            .header("content-encoding", "gzip")
+            .body(Full::new(Bytes::from_static(b"\x1f\x8b not really gzip")))
+            .expect("response");
+    }
+    if mode == "sse" {
         let mut text = String::from(": keep-alive\n\n");
         for a in &answers {
             text.push_str(&format!("event: message\ndata: {a}\n\n"));
@@ -664,4 +683,133 @@ async fn the_admin_api_and_the_cli_set_the_mcp_policy() {
         shown.contains("mcp:          paused, tools search_*,get_document, read-only"),
         "{shown}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_mcp_requests_are_refused_or_judged_and_never_crash_keygate() {
+    let rpc = Rpc::start().await;
+    let app = TestApp::with(Options {
+        extra: mcp_config(common::services::free_port(), rpc.addr),
+        ..Options::default()
+    })
+    .await
+    .expect("SQLite needs no service");
+    let key = mcp_key(&app, tools(&["search_*"]), None).await;
+    let open = mcp_key(&app, McpPolicy::default(), None).await;
+    let post = |body: Value, answer: &'static str| {
+        app.client
+            .post(app.url("/rpc"))
+            .bearer_auth(&key)
+            .header("content-type", "application/json")
+            .header("x-answer", answer)
+            .body(body.to_string())
+            .send()
+    };
+    // A tool name of multi-byte characters, long enough to be cut in the access log.
+    let long = "€".repeat(120);
+    let resp = post(
+        json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": long}}),
+        "json",
+    )
+    .await
+    .expect("keygate answers");
+    let body: Value = resp.json().await.expect("JSON-RPC");
+    assert_eq!(body["error"]["data"]["code"], "tool_not_allowed");
+    // A call without an id is judged too, and dropped when refused.
+    let before = rpc.bodies().len();
+    let resp = post(
+        json!({"jsonrpc": "2.0", "method": "tools/call", "params": {"name": "delete_document"}}),
+        "json",
+    )
+    .await
+    .expect("answer");
+    assert_eq!(resp.status(), 202);
+    assert_eq!(
+        rpc.bodies().len(),
+        before,
+        "the id-less refused call never reached the server"
+    );
+    // Ids that would compare differently once echoed, and duplicate ids, are invalid.
+    for bad in [
+        json!({"jsonrpc": "2.0", "id": 1.0, "method": "tools/list"}),
+        json!([{"jsonrpc": "2.0", "id": 1, "method": "ping"}, {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}]),
+    ] {
+        let resp = post(bad.clone(), "json").await.expect("answer");
+        assert_eq!(resp.status(), 400, "{bad}");
+        let body: Value = resp.json().await.expect("JSON-RPC");
+        assert_eq!(body["error"]["code"], -32600, "{bad}");
+    }
+    // A tools/list answer inside an event holding an array of answers is filtered.
+    let list = json!([{"jsonrpc": "2.0", "id": 5, "method": "tools/list"}, {"jsonrpc": "2.0", "id": 6, "method": "ping"}]);
+    let text = post(list.clone(), "sse-array")
+        .await
+        .expect("answer")
+        .text()
+        .await
+        .expect("body");
+    let answers = events(&text);
+    let tools = &answers[0][0]["result"]["tools"];
+    assert_eq!(tools.as_array().map(Vec::len), Some(1), "{text}");
+    assert_eq!(tools[0]["name"], "search_docs");
+    // An encoded answer keygate cannot read is not passed on unfiltered.
+    let resp = post(list, "gzip").await.expect("answer");
+    assert_eq!(resp.status(), 502);
+    // Only POST carries messages.
+    let put = app
+        .client
+        .put(app.url("/rpc"))
+        .bearer_auth(&key)
+        .body("{}")
+        .send()
+        .await
+        .expect("PUT");
+    assert_eq!(put.status(), 405);
+    let get = app
+        .client
+        .get(app.url("/rpc"))
+        .bearer_auth(&key)
+        .header("content-type", "application/json")
+        .body(
+            json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "delete_document"}})
+                .to_string(),
+        )
+        .send()
+        .await
+        .expect("GET with a body");
+    assert_eq!(get.status(), 400);
+    // Forward-auth cannot see the tool called: a key with a tool policy is refused
+    // there, an open key is let through and charged per request.
+    let ask = |key: &str| {
+        app.client
+            .get(app.url("/_keygate/auth"))
+            .header("x-original-method", "POST")
+            .header("x-original-uri", "/rpc")
+            .bearer_auth(key)
+            .send()
+    };
+    let resp = ask(&key).await.expect("forward-auth");
+    assert_eq!(resp.status(), 403);
+    assert_eq!(common::code(resp).await, "mcp_needs_proxy");
+    let first = ask(&open).await.expect("forward-auth");
+    assert_eq!(first.status(), 200);
+    let second = ask(&open).await.expect("forward-auth");
+    let remaining = |r: &reqwest::Response| {
+        r.headers()["ratelimit-remaining"]
+            .to_str()
+            .expect("ascii")
+            .parse::<u64>()
+            .expect("a number")
+    };
+    assert_eq!(remaining(&first) - remaining(&second), 1, "charged per request");
+    // And keygate is still serving.
+    assert_eq!(
+        app.client
+            .get(app.url("/healthz"))
+            .send()
+            .await
+            .expect("health")
+            .status(),
+        200
+    );
+    app.stop().await;
 }

@@ -18,7 +18,7 @@ pub fn check(
     key: &KeyRecord,
     matched: &Matched<'_, '_>,
     method: &Method,
-    client: IpAddr,
+    client: Option<IpAddr>,
 ) -> Result<(), Rejection> {
     let route = matched.route;
     if !route.scopes.iter().all(|s| key.has_scope(s)) {
@@ -46,7 +46,7 @@ pub fn check(
             reason: "the key may not use this route",
         });
     }
-    if !restrictions.allows_ip(client) {
+    if !restrictions.allowed_ips.is_empty() && !client.is_some_and(|ip| restrictions.allows_ip(ip)) {
         return Err(Rejection::IpNotAllowed { ip: client });
     }
     Ok(())

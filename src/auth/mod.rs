@@ -56,8 +56,9 @@ pub struct RequestHead<'a> {
     pub query: Option<&'a str>,
     /// Request headers.
     pub headers: &'a HeaderMap,
-    /// The client's address: the socket peer, or what a trusted proxy reported.
-    pub client: IpAddr,
+    /// The client's address: the socket peer, or what a trusted proxy reported;
+    /// `None` when a trusted proxy reported something that is not an address.
+    pub client: Option<IpAddr>,
 }
 
 /// Proof that a request may be forwarded.

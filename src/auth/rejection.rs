@@ -53,8 +53,9 @@ pub enum Rejection {
     },
     /// The key may not be used from the client's address.
     IpNotAllowed {
-        /// The client address as keygate determined it.
-        ip: IpAddr,
+        /// The client address as keygate determined it (`None`: a trusted proxy
+        /// reported something that is not an address).
+        ip: Option<IpAddr>,
     },
     /// No route matches and unmatched paths are denied.
     RouteNotFound,
@@ -167,7 +168,10 @@ impl Rejection {
             Self::InsufficientScope { missing } => format!("this API key lacks the scope(s): {}", missing.join(", ")),
             Self::OrgMismatch => "this API key belongs to another organisation".into(),
             Self::KeyRestricted { reason } => format!("this API key is restricted: {reason}"),
-            Self::IpNotAllowed { ip } => format!("this API key may not be used from {ip}"),
+            Self::IpNotAllowed { ip: Some(ip) } => format!("this API key may not be used from {ip}"),
+            Self::IpNotAllowed { ip: None } => {
+                "this API key may not be used from an address keygate could not determine".into()
+            }
             Self::RouteNotFound => "no route matches this method and path".into(),
             Self::QuotaExceeded { limit, retry_after } => format!("the quota of {limit} requests for this period is used up; it resets in {retry_after} s"),
             Self::RateLimited { retry_after, .. } => format!("too many requests with this API key; retry in {retry_after} s"),
@@ -226,7 +230,7 @@ mod tests {
             Rejection::OrgMismatch,
             Rejection::KeyRestricted { reason: "read-only" },
             Rejection::IpNotAllowed {
-                ip: IpAddr::from([192, 0, 2, 1]),
+                ip: Some(IpAddr::from([192, 0, 2, 1])),
             },
             Rejection::RouteNotFound,
             Rejection::QuotaExceeded {

@@ -135,7 +135,7 @@ async fn explain(args: &ExplainArgs, config_path: &Path, clock: SharedClock) -> 
     if let Err(r) = verify::check_status(&record, &environment, now) {
         return Ok(refuse(report, "verify", &r, &policy));
     }
-    if let Err(r) = authorize::check(&record, &matched, &method, args.client_ip) {
+    if let Err(r) = authorize::check(&record, &matched, &method, Some(args.client_ip)) {
         return Ok(refuse(report, "authorize", &r, &policy));
     }
     let redis = match &config.redis {

@@ -141,10 +141,18 @@ impl Judge<'_> {
 
     /// The verdict on one message.
     pub fn judge(&self, msg: &Message) -> Verdict {
-        let Kind::Request { method, .. } = &msg.kind else {
-            // Notifications and the client's answers to server requests: free, and
-            // allowed even with MCP paused (cancellations must get through).
-            return Verdict::Forward { cost: 0 };
+        let method = match &msg.kind {
+            // The client's answers to server requests: free, allowed even with MCP
+            // paused.
+            Kind::Response => return Verdict::Forward { cost: 0 },
+            // Notifications proper: free and allowed even with MCP paused
+            // (cancellations must get through).
+            Kind::Notification { method } if method.starts_with("notifications/") => {
+                return Verdict::Forward { cost: 0 };
+            }
+            // Anything else without an id (a `tools/call` a server might run anyway) is
+            // judged like a request; a refusal is then silent, as there is no id to answer.
+            Kind::Request { method, .. } | Kind::Notification { method } => method,
         };
         if self.policy.disabled && !matches!(method.as_str(), "initialize" | "ping") {
             return Verdict::Refuse(Refusal {
@@ -299,7 +307,11 @@ pub fn parse(body: &[u8]) -> Result<Body, Malformed> {
         .map(|(i, v)| {
             message(v).map_err(|why| invalid(&if batch { format!("entry {i}: {why}") } else { why }))
         })
-        .collect::<Result<_, _>>()?;
+        .collect::<Result<Vec<_>, _>>()?;
+    let ids: Vec<&Value> = messages.iter().filter_map(Message::id).collect();
+    if ids.iter().enumerate().any(|(i, id)| ids[..i].contains(id)) {
+        return Err(invalid("two requests in a batch with the same id"));
+    }
     Ok(Body { messages, batch })
 }
 
@@ -317,11 +329,17 @@ fn message(v: Value) -> Result<Message, String> {
     if value.get("jsonrpc").and_then(Value::as_str) != Some("2.0") {
         return Err("`jsonrpc` must be \"2.0\"".into());
     }
+    // Numbers only as integers within ±2^53, so the id a server echoes back (as
+    // JavaScript would) compares equal to the one keygate saw.
+    const EXACT: i64 = 1 << 53;
     let id = match value.get("id") {
         None => None,
-        Some(id @ (Value::String(_) | Value::Number(_))) => Some(id.clone()),
+        Some(id @ Value::String(_)) => Some(id.clone()),
+        Some(id @ Value::Number(n)) if n.as_i64().is_some_and(|n| (-EXACT..=EXACT).contains(&n)) => {
+            Some(id.clone())
+        }
         Some(Value::Null) if value.contains_key("error") => Some(Value::Null),
-        Some(_) => return Err("`id` must be a string or a number".into()),
+        Some(_) => return Err("`id` must be a string or an integer (at most 2^53 in size)".into()),
     };
     let kind = match (value.get("method"), id) {
         (Some(Value::String(m)), Some(id)) if !m.is_empty() => Kind::Request {

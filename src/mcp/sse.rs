@@ -5,11 +5,20 @@
 use bytes::{Bytes, BytesMut};
 use serde_json::Value;
 
-/// Cuts a stream of chunks into whole events.
+/// Cuts a stream of chunks into whole events. Each byte is scanned once, however
+/// the chunks fall.
 #[derive(Debug, Default)]
 pub struct Splitter {
     buf: BytesMut,
+    /// Bytes of `buf` already scanned without finding the end of the event.
+    scanned: usize,
+    /// Where the line being scanned starts.
+    line_start: usize,
 }
+
+/// The largest event held while looking for its end; a stream with a longer one
+/// is not filtered but cut off ([`Splitter::is_over`]).
+pub const MAX_EVENT: usize = 16 << 20;
 
 impl Splitter {
     /// Adds a chunk.
@@ -19,18 +28,30 @@ impl Splitter {
 
     /// The next whole event, with its terminating blank line.
     pub fn next_event(&mut self) -> Option<Bytes> {
-        let end = event_end(&self.buf)?;
-        Some(self.buf.split_to(end).freeze())
+        match scan(&self.buf, self.scanned, self.line_start) {
+            Ok(end) => {
+                self.scanned = 0;
+                self.line_start = 0;
+                Some(self.buf.split_to(end).freeze())
+            }
+            Err((scanned, line_start)) => {
+                self.scanned = scanned;
+                self.line_start = line_start;
+                None
+            }
+        }
     }
 
     /// What is left at the end of the stream (an unterminated event).
     pub fn rest(&mut self) -> Bytes {
+        self.scanned = 0;
+        self.line_start = 0;
         self.buf.split().freeze()
     }
 
-    /// Bytes held.
-    pub fn len(&self) -> usize {
-        self.buf.len()
+    /// Whether more than [`MAX_EVENT`] bytes are held without an event's end.
+    pub fn is_over(&self) -> bool {
+        self.buf.len() > MAX_EVENT
     }
 
     /// Whether nothing is held.
@@ -39,30 +60,30 @@ impl Splitter {
     }
 }
 
-/// Where the first event in `buf` ends (after its blank line): lines end with
-/// `\n`, `\r\n` or `\r`.
-fn event_end(buf: &[u8]) -> Option<usize> {
-    let mut i = 0;
-    let mut line_start = 0;
+/// Scans `buf` from `from` (inside the line starting at `line_start`) for the end
+/// of the first event, after its blank line; lines end with `\n`, `\r\n` or `\r`.
+/// `Err` holds where to resume.
+fn scan(buf: &[u8], from: usize, mut line_start: usize) -> Result<usize, (usize, usize)> {
+    let mut i = from;
     while i < buf.len() {
         let eol = match buf[i] {
             b'\n' => 1,
             b'\r' if buf.get(i + 1) == Some(&b'\n') => 2,
             b'\r' if i + 1 < buf.len() => 1,
             // A `\r` at the end may be the first half of `\r\n`: wait for more.
-            b'\r' => return None,
+            b'\r' => return Err((i, line_start)),
             _ => {
                 i += 1;
                 continue;
             }
         };
         if i == line_start {
-            return Some(i + eol);
+            return Ok(i + eol);
         }
         i += eol;
         line_start = i;
     }
-    None
+    Err((i, line_start))
 }
 
 /// The non-empty lines of one event (an event holds no blank line but its last;
@@ -148,6 +169,7 @@ mod tests {
             assert_eq!(data(&events[1]), None);
             assert_eq!(data(&events[2]), Some(json!({"b": 2})));
             assert!(s.is_empty());
+            assert!(!s.is_over());
         }
     }
 

@@ -64,6 +64,10 @@ fn messages_are_requests_notifications_or_responses_and_anything_else_is_invalid
         r#"{"jsonrpc":"2.0","id":1}"#,
         r#"{"jsonrpc":"2.0","id":1,"method":"x","params":3}"#,
         r#"[{"jsonrpc":"2.0","id":1,"method":"ping"}, 7]"#,
+        r#"{"jsonrpc":"2.0","id":1.0,"method":"ping"}"#,
+        r#"{"jsonrpc":"2.0","id":1e0,"method":"ping"}"#,
+        r#"{"jsonrpc":"2.0","id":9007199254740993,"method":"ping"}"#,
+        r#"[{"jsonrpc":"2.0","id":1,"method":"ping"},{"jsonrpc":"2.0","id":1,"method":"tools/list"}]"#,
     ] {
         assert_eq!(parse(bad.as_bytes()).map_err(|m| m.code), Err(-32600), "{bad}");
     }
@@ -165,6 +169,10 @@ fn tool_calls_follow_the_allowlist_and_read_only_mode_and_cost_per_tool() {
     assert_eq!(judge(&open, &read), Verdict::Forward { cost: 1 });
     let nameless = msg(json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {}}));
     assert!(refused("invalid_request")(judge(&open, &nameless)));
+    // A call without an id is judged all the same.
+    let sneaky = msg(json!({"jsonrpc": "2.0", "method": "tools/call", "params": {"name": "delete_all"}}));
+    assert!(refused("tool_not_allowed")(judge(&listed, &sneaky)));
+    assert!(refused("mcp_disabled")(judge(&paused, &sneaky)));
 }
 
 #[test]

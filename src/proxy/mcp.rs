@@ -38,8 +38,10 @@ pub(super) struct Summary {
 pub(super) enum Step {
     /// Forward `body` (the client's, or rewritten), then fix the answer.
     Forward(Bytes, Answer),
-    /// Forward the request as it is (GET, DELETE, ...).
+    /// Forward the request as it is (GET, DELETE).
     Pass(Incoming),
+    /// Forward the request as it is and filter the event stream it opens (GET).
+    Stream(Incoming, Answer),
     /// Answer now with the outcome code for logs and metrics; nothing reaches the
     /// upstream.
     Respond(Response<Full<Bytes>>, &'static str),
@@ -49,6 +51,9 @@ pub(super) enum Step {
 pub(super) struct Answer {
     /// Ids of the forwarded `tools/list` requests, whose answers are filtered.
     list_ids: Vec<Value>,
+    /// Filter every `tools/list`-shaped answer, whatever its id (the GET stream of
+    /// a key whose tools are restricted: a resumed stream replays old answers).
+    any_list: bool,
     /// keygate's own answers to refused entries of a batch, added to the upstream's.
     own: Vec<Value>,
     /// Whether the request was a batch.
@@ -73,13 +78,19 @@ impl Answer {
     }
 
     fn untouched(&self) -> bool {
-        self.list_ids.is_empty() && self.own.is_empty()
+        self.list_ids.is_empty() && self.own.is_empty() && !self.any_list
+    }
+
+    /// Whether answers still need looking at.
+    fn filtering(&self) -> bool {
+        !self.list_ids.is_empty() || self.any_list
     }
 
     /// Filters `value` if it answers one of the `tools/list` requests; says whether it did.
     fn filter(&self, value: &mut Value) -> bool {
-        let is_list_answer =
-            value.get("id").is_some_and(|id| self.list_ids.contains(id)) && value.get("method").is_none();
+        let is_list_answer = value.get("method").is_none()
+            && (self.any_list && value.get("result").is_some_and(|r| r.get("tools").is_some())
+                || value.get("id").is_some_and(|id| self.list_ids.contains(id)));
         if is_list_answer {
             mcp::filter_tools(value, &self.judge());
         }
@@ -116,13 +127,48 @@ pub(super) async fn prepare(
         );
         return Step::Respond(resp, "mcp_disabled");
     }
-    if *method != Method::POST {
-        return Step::Pass(body);
-    }
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
+    if *method == Method::GET || *method == Method::DELETE {
+        // Only a POST carries messages: a body anywhere else would go unjudged.
+        if declared.is_some_and(|n| n > 0) || headers.contains_key(header::TRANSFER_ENCODING) {
+            let resp = respond::error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "on an MCP route only POST carries a body",
+                request_id,
+            );
+            return Step::Respond(resp, "invalid_request");
+        }
+        if *method == Method::GET && (!policy.tools.is_empty() || policy.read_only) {
+            let answer = Answer {
+                list_ids: Vec::new(),
+                any_list: true,
+                own: Vec::new(),
+                batch: false,
+                usage: None,
+                key: Arc::clone(key),
+                route: route.name.clone(),
+                live: Arc::clone(live),
+                catalog: Arc::clone(&shared.mcp),
+            };
+            return Step::Stream(body, answer);
+        }
+        return Step::Pass(body);
+    }
+    if *method != Method::POST {
+        let mut resp = respond::error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "an MCP endpoint takes POST, GET and DELETE",
+            request_id,
+        );
+        resp.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("GET, POST, DELETE"));
+        return Step::Respond(resp, "method_not_allowed");
+    }
     let limit = settings.max_body;
     let too_large = || {
         let resp = respond::error(
@@ -238,7 +284,11 @@ pub(super) async fn prepare(
     });
     if !tools.is_empty() {
         let mut joined = tools.join(",");
-        joined.truncate(200);
+        let mut end = joined.len().min(200);
+        while !joined.is_char_boundary(end) {
+            end -= 1;
+        }
+        joined.truncate(end);
         summary.tool = Some(joined);
     }
     if forwarded.is_empty() {
@@ -253,16 +303,19 @@ pub(super) async fn prepare(
         };
         return Step::Respond(resp, "mcp_refused");
     }
-    let body = if own.is_empty() {
-        bytes
-    } else {
-        let values: Vec<Value> = forwarded.into_iter().map(|m| Value::Object(m.value)).collect();
+    // What was judged is what is sent: the messages as keygate parsed them, so an
+    // upstream parser that reads duplicate keys differently cannot see another call.
+    let mut values: Vec<Value> = forwarded.into_iter().map(|m| Value::Object(m.value)).collect();
+    let body = if parsed.batch {
         Bytes::from(Value::Array(values).to_string())
+    } else {
+        Bytes::from(values.pop().unwrap_or_default().to_string())
     };
     Step::Forward(
         body,
         Answer {
             list_ids,
+            any_list: false,
             own,
             batch: parsed.batch,
             usage,
@@ -272,6 +325,43 @@ pub(super) async fn prepare(
             catalog: Arc::clone(&shared.mcp),
         },
     )
+}
+
+/// Forward-auth on an MCP route: the asking proxy does not send the body, so the
+/// messages cannot be judged. Keys with MCP paused are refused (403 `mcp_disabled`),
+/// keys with a tool allowlist or read-only mode too (403 `mcp_needs_proxy`: that
+/// policy needs keygate as the reverse proxy); any other key is let through,
+/// charged the route's cost per request. `Some` is the refusal and its code.
+pub(super) async fn forward_auth(
+    shared: &Shared,
+    live: &Live,
+    route: &Route,
+    key: &KeyRecord,
+    request_id: &HeaderValue,
+) -> Option<(Response<Full<Bytes>>, &'static str)> {
+    let policy = &key.restrictions.mcp;
+    let refuse = |code: &'static str, message: &str| {
+        Some((
+            respond::error(StatusCode::FORBIDDEN, code, message, request_id),
+            code,
+        ))
+    };
+    if policy.disabled {
+        return refuse("mcp_disabled", "MCP access is paused for this API key");
+    }
+    if !policy.tools.is_empty() || policy.read_only {
+        return refuse(
+            "mcp_needs_proxy",
+            "this API key's MCP tool policy is enforced only with keygate as the reverse proxy; forward-auth does not see the tool called",
+        );
+    }
+    match shared.decider.charge(key, route.cost).await {
+        Ok(_) => None,
+        Err(denial) => Some((
+            respond::denial(&denial, request_id, &live.auth.status),
+            respond::code(&denial),
+        )),
+    }
 }
 
 fn json(status: StatusCode, value: &Value) -> Response<Full<Bytes>> {
@@ -290,6 +380,24 @@ const MAX_JSON_ANSWER: usize = 16 << 20;
 pub(super) async fn answer(resp: Response<forward::PooledBody>, answer: Answer) -> Response<super::Body> {
     if answer.untouched() || !resp.status().is_success() {
         return resp.map(http_body_util::Either::Left);
+    }
+    let bad_gateway = |message: &str| {
+        let failed = respond::error(
+            StatusCode::BAD_GATEWAY,
+            "upstream_unavailable",
+            message,
+            &HeaderValue::from_static("-"),
+        );
+        failed.map(|b| http_body_util::Either::Right(http_body_util::Either::Left(b)))
+    };
+    let encoded = resp
+        .headers()
+        .get(header::CONTENT_ENCODING)
+        .is_some_and(|e| !e.as_bytes().eq_ignore_ascii_case(b"identity"));
+    if encoded {
+        // keygate asked for an unencoded answer; one it cannot read is not passed on
+        // unfiltered.
+        return bad_gateway("the MCP server's answer is encoded and cannot be filtered for this key");
     }
     let content_type = resp
         .headers()
@@ -315,13 +423,7 @@ pub(super) async fn answer(resp: Response<forward::PooledBody>, answer: Answer) 
     if content_type.starts_with("application/json") {
         let (mut parts, body) = resp.into_parts();
         let Ok(collected) = Limited::new(body, MAX_JSON_ANSWER).collect().await else {
-            let failed = respond::error(
-                StatusCode::BAD_GATEWAY,
-                "upstream_unavailable",
-                "the MCP server's answer could not be read",
-                &HeaderValue::from_static("-"),
-            );
-            return failed.map(|b| http_body_util::Either::Right(http_body_util::Either::Left(b)));
+            return bad_gateway("the MCP server's answer could not be read");
         };
         let bytes = collected.to_bytes();
         let out = match serde_json::from_slice::<Value>(&bytes) {
@@ -341,6 +443,11 @@ pub(super) async fn answer(resp: Response<forward::PooledBody>, answer: Answer) 
                     items.extend(answer.own.iter().cloned());
                     Bytes::from(Value::Array(items).to_string())
                 }
+            }
+            Err(_) if answer.filtering() => {
+                return bad_gateway(
+                    "the MCP server's answer is not JSON and cannot be filtered for this key",
+                );
             }
             Err(_) => bytes,
         };
@@ -375,18 +482,28 @@ pub struct Filtered {
 
 impl Filtered {
     fn event(&mut self, event: Bytes) -> Bytes {
-        if self.answer.list_ids.is_empty() {
+        if !self.answer.filtering() {
             return event;
         }
         let Some(mut value) = sse::data(&event) else {
             return event;
         };
-        if !self.answer.filter(&mut value) {
+        let mut answered = Vec::new();
+        let answers: Vec<&mut Value> = match &mut value {
+            Value::Array(items) => items.iter_mut().collect(),
+            one => vec![one],
+        };
+        for v in answers {
+            if self.answer.filter(v)
+                && let Some(id) = v.get("id")
+            {
+                answered.push(id.clone());
+            }
+        }
+        if answered.is_empty() {
             return event;
         }
-        if let Some(id) = value.get("id") {
-            self.answer.list_ids.retain(|i| i != id);
-        }
+        self.answer.list_ids.retain(|i| !answered.contains(i));
         sse::rewrite(&event, &value)
     }
 }
@@ -412,12 +529,13 @@ impl hyper::body::Body for Filtered {
                     self.done = true;
                     let rest = self.splitter.rest();
                     if !rest.is_empty() {
-                        self.queue.push_back(rest);
+                        let out = self.event(rest);
+                        self.queue.push_back(out);
                     }
                 }
                 Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e))),
                 Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
-                    Ok(data) if self.answer.list_ids.is_empty() && self.splitter.is_empty() => {
+                    Ok(data) if !self.answer.filtering() && self.splitter.is_empty() => {
                         // Nothing left to rewrite: stream through.
                         self.queue.push_back(data);
                     }
@@ -426,6 +544,16 @@ impl hyper::body::Body for Filtered {
                         while let Some(event) = self.splitter.next_event() {
                             let out = self.event(event);
                             self.queue.push_back(out);
+                        }
+                        if self.splitter.is_over() {
+                            // An event too long to hold while it must be looked at:
+                            // cut the stream rather than pass it on unfiltered.
+                            tracing::warn!(
+                                route = %self.answer.route,
+                                "an MCP event stream sent an event over 16 MiB; closing it"
+                            );
+                            self.splitter = sse::Splitter::default();
+                            self.done = true;
                         }
                     }
                     Err(frame) => return Poll::Ready(Some(Ok(frame))),

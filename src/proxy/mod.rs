@@ -356,13 +356,15 @@ async fn handle(shared: &Shared, peer: SocketAddr, req: Request<Incoming>) -> Re
         None => (req.method(), req.uri()),
     };
     let client = client::resolve(peer.ip(), req.headers(), &settings.trusted_proxies);
+    // Failed attempts from clients whose address is unknown share one count.
+    let counted = client.unwrap_or(std::net::IpAddr::from([0, 0, 0, 0]));
     let failed_auth_limit = settings.max_failed_auth_per_minute;
     let now_ms = if failed_auth_limit > 0 {
         shared.clock.now_millis()
     } else {
         0
     };
-    if let Some(retry_after) = shared.failures.blocked(client, failed_auth_limit, now_ms) {
+    if let Some(retry_after) = shared.failures.blocked(counted, failed_auth_limit, now_ms) {
         let resp = respond::too_many_failures(retry_after, &request_id);
         return refuse(resp, "too_many_failed_attempts");
     }
@@ -402,7 +404,7 @@ async fn handle(shared: &Shared, peer: SocketAddr, req: Request<Incoming>) -> Re
                 && let Denial::Rejected(r) = &refusal.denial
                 && r.is_failed_authentication()
             {
-                shared.failures.record(client, now_ms);
+                shared.failures.record(counted, now_ms);
             }
             let resp = respond::denial(&refusal.denial, &request_id, &live.auth.status);
             line.route = refusal.route.map_or("none", |r| r.name.as_str());
@@ -423,6 +425,18 @@ async fn handle(shared: &Shared, peer: SocketAddr, req: Request<Incoming>) -> Re
     line.auth = Some(grant.auth);
     line.query_key = access::query_key(route, uri);
     if let Some(asked) = &asked {
+        if let Some(key) = &grant.key
+            && route.mcp
+            && let Some((resp, code)) = mcp::forward_auth(shared, &live, route, key, &request_id).await
+        {
+            line.code = code;
+            line.status = resp.status().as_u16();
+            metrics.request(line.route, line.code);
+            if settings.access_log {
+                line.write();
+            }
+            return own(resp);
+        }
         let resp = ext_authz::allow(&grant, settings, asked, &request_id, shared.clock.now());
         line.code = "authorized";
         line.status = resp.status().as_u16();
@@ -469,9 +483,16 @@ async fn handle(shared: &Shared, peer: SocketAddr, req: Request<Incoming>) -> Re
             line.mcp_tool = summary.tool;
             match step {
                 mcp::Step::Pass(body) => Either::Left(body),
+                mcp::Step::Stream(body, answer) => {
+                    // Answers keygate must read come unencoded.
+                    parts.headers.remove(http::header::ACCEPT_ENCODING);
+                    mcp_answer = Some(answer);
+                    Either::Left(body)
+                }
                 mcp::Step::Forward(bytes, answer) => {
                     usage = answer.usage.or(usage);
                     mcp_answer = Some(answer);
+                    parts.headers.remove(http::header::ACCEPT_ENCODING);
                     parts.headers.remove(http::header::TRANSFER_ENCODING);
                     parts
                         .headers
