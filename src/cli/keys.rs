@@ -674,7 +674,7 @@ fn actor(common: &Common) -> String {
 
 /// `--rate-limit` as a [`Rate`].
 fn rate(s: &str) -> anyhow::Result<Rate> {
-    Rate::parse(s).map_err(|e| anyhow::anyhow!("--rate-limit {e}"))
+    Rate::parse(s.trim()).map_err(|e| anyhow::anyhow!("--rate-limit {e}"))
 }
 
 /// `--mcp-tools` entries (empty entries are skipped).
@@ -695,7 +695,8 @@ fn tools<'a>(list: impl Iterator<Item = &'a str>) -> anyhow::Result<Vec<String>>
 
 /// `--allowed-ips` entries as networks (empty entries are skipped).
 fn networks<'a>(list: impl Iterator<Item = &'a str>) -> anyhow::Result<Vec<ipnet::IpNet>> {
-    list.filter(|n| !n.trim().is_empty())
+    list.map(str::trim)
+        .filter(|n| !n.is_empty())
         .map(|n| crate::keys::record::parse_network(n).map_err(|e| anyhow::anyhow!("--allowed-ips {e}")))
         .collect()
 }

@@ -100,24 +100,31 @@ impl Restrictions {
 }
 
 /// Parses an IP allowlist entry: a CIDR (`10.0.0.0/8`, `2001:db8::/32`) or a bare
-/// address (one host). Host bits below the prefix are dropped (`10.1.2.3/8` is
-/// `10.0.0.0/8`).
+/// address (one host). Strict, like the OpenAPI pattern: no surrounding space, no
+/// leading zeros in an IPv4 octet or the prefix. Host bits below the prefix are
+/// dropped (`10.1.2.3/8` is `10.0.0.0/8`).
 ///
 /// # Errors
 /// A sentence naming the entry.
 pub fn parse_network(s: &str) -> Result<IpNet, String> {
-    let s = s.trim();
     let bad = || format!("`{s}` is not an IP address or CIDR network like 10.0.0.0/8 or 2001:db8::/32");
-    if let Some((_, prefix)) = s.split_once('/')
-        && (prefix.len() > 1 && prefix.starts_with('0') || !prefix.bytes().all(|b| b.is_ascii_digit()))
-    {
-        return Err(bad());
-    }
-    let net = match s.parse::<IpNet>() {
-        Ok(net) => net,
-        Err(_) => s.parse::<IpAddr>().map(IpNet::from).map_err(|_| bad())?,
+    let (addr, prefix) = match s.split_once('/') {
+        Some((addr, prefix)) => (addr, Some(prefix)),
+        None => (s, None),
     };
-    Ok(net.trunc())
+    // The standard library's parser refuses leading zeros in IPv4 octets.
+    let addr: IpAddr = addr.parse().map_err(|_| bad())?;
+    let max = if addr.is_ipv4() { 32 } else { 128 };
+    let prefix = match prefix {
+        None => max,
+        Some(p)
+            if p.len() <= 3 && p.bytes().all(|b| b.is_ascii_digit()) && (p == "0" || !p.starts_with('0')) =>
+        {
+            p.parse::<u8>().ok().filter(|n| *n <= max).ok_or_else(bad)?
+        }
+        Some(_) => return Err(bad()),
+    };
+    IpNet::new(addr, prefix).map(|n| n.trunc()).map_err(|_| bad())
 }
 
 /// A short-window rate: `count` requests per second, minute or hour (`10/s`,
@@ -148,14 +155,14 @@ impl Rate {
                 Self::MAX_COUNT
             )
         };
-        let (count, unit) = s.trim().split_once('/').ok_or_else(bad)?;
+        let (count, unit) = s.split_once('/').ok_or_else(bad)?;
         let window_secs = match unit {
             "s" => 1,
             "m" => 60,
             "h" => 3600,
             _ => return Err(bad()),
         };
-        if count.is_empty() || !count.bytes().all(|b| b.is_ascii_digit()) {
+        if count.is_empty() || count.starts_with('0') || !count.bytes().all(|b| b.is_ascii_digit()) {
             return Err(bad());
         }
         let count: u32 = count.parse().map_err(|_| bad())?;
@@ -344,6 +351,8 @@ mod tests {
             "1.5/s",
             "10/ s",
             "/s",
+            "01/s",
+            " 10/s",
         ] {
             assert!(Rate::parse(bad).is_err(), "{bad:?}");
         }
@@ -359,7 +368,7 @@ mod tests {
             ("192.0.2.7", "192.0.2.7/32"),
             ("2001:db8::/32", "2001:db8::/32"),
             ("2001:db8::1", "2001:db8::1/128"),
-            (" 127.0.0.1/32 ", "127.0.0.1/32"),
+            ("::/0", "::/0"),
         ] {
             assert_eq!(parse_network(text).expect("valid").to_string(), net, "{text}");
         }
@@ -373,6 +382,9 @@ mod tests {
             "host",
             "::/129",
             "1.2.3.4/+8",
+            "01.2.3.4/8",
+            " 127.0.0.1/32",
+            "127.0.0.1/32 ",
         ] {
             assert!(parse_network(bad).is_err(), "{bad:?}");
         }
