@@ -168,9 +168,11 @@ impl Decider {
         verify::check_status(&key, presented.environment(), now).map_err(|r| refuse(r.into()))?; // 3 verify: its status
         authorize::check(&key, &matched, req.method, req.client).map_err(|r| refuse(r.into()))?; // 4 authorize
         let rate = match key.restrictions.rate_limit.or(settings.rate_limit) {
+            // The clock again: `now` was read before a cache miss's store lookup, and
+            // a Redis lease must not be spent after it expired.
             Some(rate) => Some(
                 self.rate
-                    .admit(key.id, rate, now.timestamp_micros())
+                    .admit(key.id, rate, self.clock.now().timestamp_micros())
                     .await
                     .map_err(|l| refuse(rate_denial(l)))?,
             ),
