@@ -5,7 +5,8 @@
 // /usr/bin/chromium through playwright-core: sign in, create a key, read it once,
 // use it against the proxy, pause/resume, revoke it in the console, and check the
 // proxy refuses it; create a key with MCP tools, MCP read-only, allowed IPs and a
-// rate limit (client-side checks first) and check the console shows them.
+// rate limit (client-side checks first) and check the console shows them; then
+// pause its MCP access and clear its rate limit in the Access dialog (one PATCH).
 // Screenshots go to test-artifacts/console/.
 //
 // Run: node tests/browser/console.test.mjs   (scripts/browser-test.sh does the setup)
@@ -663,6 +664,93 @@ org_param = "org"
     await shot('11-usage-dialog-mcp-key.png', { dialog: true });
     await dialog.getByRole('button', { name: 'Close' }).click();
     await dialog.waitFor({ state: 'hidden' });
+  });
+
+  // PATCHes to /v1/keys/{id} the page sends.
+  const keyPatches = [];
+  page.on('request', (req) => {
+    if (req.method() === 'PATCH' && /^\/v1\/keys\/[^/]+$/.test(new URL(req.url()).pathname)) {
+      keyPatches.push({ path: new URL(req.url()).pathname, body: req.postData() || '' });
+    }
+  });
+
+  await step('Access dialog: prefilled, an invalid rate is refused, MCP paused and rate cleared in one PATCH', async () => {
+    const before = await httpJson('GET', `${adminUrl}/v1/keys?search=mcp-agent`, { headers: admin });
+    assertEq(before.json.items.length, 1, 'keys named mcp-agent');
+    const id = before.json.items[0].id;
+    const row = rowOf('mcp-agent');
+    assertEq(await rowOf('legacy-mobile-app').getByRole('button', { name: /^Access/ }).count(), 0, 'no Access button on a revoked key');
+    await row.getByRole('button', { name: 'Access key mcp-agent' }).click();
+    const dialog = page.locator('#access-dialog');
+    await dialog.waitFor({ state: 'visible' });
+    assert((await dialog.getByRole('heading').innerText()).includes('mcp-agent'), 'the dialog names the key');
+    // Prefilled from the key.
+    assert(!(await dialog.getByLabel('MCP paused').isChecked()), 'MCP paused prefilled (unchecked)');
+    assert(await dialog.getByLabel('MCP read-only').isChecked(), 'MCP read-only prefilled (checked)');
+    assertEq(await dialog.getByLabel('MCP tools').inputValue(), 'search_*', 'MCP tools prefilled');
+    assertEq(await dialog.getByLabel('Allowed IPs').inputValue(), '10.0.0.0/8', 'allowed IPs prefilled');
+    assertEq(await dialog.getByLabel('Rate limit').inputValue(), '10/s', 'rate limit prefilled');
+    await dialog.getByLabel('MCP paused').check();
+    await dialog.getByLabel('Rate limit').fill('');
+    await shot('12-access-dialog.png', { dialog: true });
+
+    // An invalid rate is refused before any request.
+    const error = dialog.locator('#access-error');
+    const sentBefore = keyPatches.length;
+    await dialog.getByLabel('Rate limit').fill('10/d');
+    await dialog.getByRole('button', { name: 'Save' }).click();
+    await error.getByText('rate limit', { exact: false }).waitFor();
+    assert((await error.innerText()).includes('10/s'), `rate limit message gives an example: ${await error.innerText()}`);
+    assertEq(await activeId(), 'access-rate', 'focus moves to the rate limit field');
+    await sleep(300);
+    assertEq(keyPatches.length, sentBefore, 'PATCH requests sent for an invalid rate');
+    assert(await dialog.isVisible(), 'the dialog stays open');
+
+    // Clear the rate (back to the default) and save.
+    await dialog.getByLabel('Rate limit').fill('');
+    await dialog.getByRole('button', { name: 'Save' }).click();
+    await dialog.waitFor({ state: 'hidden' });
+    await statusRegion.getByText('Access of key', { exact: false }).waitFor();
+    const notice = await statusRegion.innerText();
+    assert(notice.includes('mcp-agent') && notice.includes('MCP paused'), `status region confirms the change: ${notice}`);
+    assertEq(keyPatches.length, sentBefore + 1, 'one PATCH sent');
+    const sent = keyPatches[keyPatches.length - 1];
+    assertEq(sent.path, `/v1/keys/${id}`, 'PATCH path');
+    assertEq(
+      JSON.stringify(JSON.parse(sent.body)),
+      JSON.stringify({ mcp: { disabled: true, tools: ['search_*'], read_only: true }, allowed_ips: ['10.0.0.0/8'], rate_limit: null }),
+      'PATCH body'
+    );
+
+    // What the server stored: MCP paused and the default rate; the rest unchanged.
+    const list = await httpJson('GET', `${adminUrl}/v1/keys?search=mcp-agent`, { headers: admin });
+    assertEq(list.status, 200, 'GET /v1/keys?search=mcp-agent');
+    const stored = list.json.items[0];
+    assertEq(stored.mcp.disabled, true, 'stored mcp.disabled');
+    assertEq(JSON.stringify(stored.mcp.tools), JSON.stringify(['search_*']), 'stored mcp.tools unchanged');
+    assertEq(stored.mcp.read_only, true, 'stored mcp.read_only unchanged');
+    assertEq(JSON.stringify(stored.allowed_ips), JSON.stringify(['10.0.0.0/8']), 'stored allowed_ips unchanged');
+    assertEq(stored.rate_limit, null, 'stored rate_limit');
+    assertEq(stored.status, 'active', 'the key itself stays active');
+
+    // The row shows it after the refresh; the key is still Active.
+    await row.locator('.key-access', { hasText: 'paused' }).waitFor();
+    const access = await row.locator('.key-access').innerText();
+    assert(access.includes('MCP: paused (tools search_*, read-only)'), `paused MCP access in the row: ${access}`);
+    assert(access.includes('IPs: 10.0.0.0/8'), `allowed IPs still in the row: ${access}`);
+    assert(!access.includes('Rate:'), `no rate limit in the row (default): ${access}`);
+    assert(await row.getByText('Active', { exact: true }).isVisible(), 'the key status stays Active');
+    assertEq(await page.evaluate(() => document.activeElement && document.activeElement.getAttribute('aria-label')), 'Access key mcp-agent', 'focus returns to the Access button');
+
+    // And the Usage dialog.
+    await row.getByRole('button', { name: 'Usage key mcp-agent' }).click();
+    const usage = page.locator('#usage-dialog');
+    await usage.locator('.usage-big').waitFor();
+    assertEq(await usage.locator('dd[data-fact="mcp"]').innerText(), 'paused (tools search_*, read-only)', 'MCP access in usage dialog after the change');
+    assertEq(await usage.locator('dd[data-fact="allowed-ips"]').innerText(), '10.0.0.0/8', 'allowed IPs in usage dialog after the change');
+    assertEq(await usage.locator('dd[data-fact="rate-limit"]').innerText(), 'default', 'rate limit in usage dialog after the change');
+    await usage.getByRole('button', { name: 'Close' }).click();
+    await usage.waitFor({ state: 'hidden' });
   });
 
   await step('names are rendered as text (no HTML injection)', async () => {

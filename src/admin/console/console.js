@@ -23,6 +23,7 @@
     items: [],
   };
   var revokeTarget = null;
+  var accessTarget = null;
   var searchTimer = 0;
   var statusTimer = 0;
 
@@ -249,6 +250,24 @@
     return out;
   }
 
+  // Why a list of MCP tools is refused, or null when it is fine.
+  function toolsProblem(tools) {
+    if (tools.length > MAX_TOOLS) return 'List at most ' + MAX_TOOLS + ' MCP tools.';
+    var bad = tools.filter(function (t) {
+      return !TOOL_PATTERN.test(t);
+    });
+    if (bad.length) {
+      return 'MCP tool \u201c' + bad[0] + '\u201d is not valid: each entry must be 1\u2013128 characters of A\u2013Z, a\u2013z, 0\u20139, _ - . / : and *.';
+    }
+    return null;
+  }
+
+  // Why a (trimmed, non-empty) rate limit is refused, or null when it is fine.
+  function rateProblem(rate) {
+    if (RATE_PATTERN.test(rate)) return null;
+    return 'The rate limit must be a count from 1 to 999999, a slash and s, m or h (per second, minute or hour), e.g. 10/s, 600/m or 1000/h.';
+  }
+
   function mcpRestricted(m) {
     return !!m && (!!m.disabled || !!m.read_only || !!(m.tools && m.tools.length));
   }
@@ -346,7 +365,7 @@
 
   function signOut(message, kind) {
     forgetKey();
-    ['create-dialog', 'revoke-dialog', 'usage-dialog'].forEach(function (id) {
+    ['create-dialog', 'revoke-dialog', 'access-dialog', 'usage-dialog'].forEach(function (id) {
       var d = $(id);
       if (d.open) d.close();
     });
@@ -474,7 +493,10 @@
     if (k.status === 'active') wrap.append(rowButton('Pause', 'pause', k, null, pauseResume));
     else if (k.status === 'paused') wrap.append(rowButton('Resume', 'resume', k, null, pauseResume));
     wrap.append(rowButton('Usage', 'usage', k, null, showUsage));
-    if (k.status !== 'revoked') wrap.append(rowButton('Revoke', 'revoke', k, 'btn-danger-quiet', openRevoke));
+    if (k.status !== 'revoked') {
+      wrap.append(rowButton('Access', 'access', k, null, openAccess));
+      wrap.append(rowButton('Revoke', 'revoke', k, 'btn-danger-quiet', openRevoke));
+    }
     return wrap;
   }
 
@@ -557,18 +579,8 @@
     if (days) body.expires_at = new Date(Date.now() + Number(days) * 86400000).toISOString();
 
     var tools = commaList($('create-mcp-tools').value);
-    if (tools.length > MAX_TOOLS) {
-      return createError('List at most ' + MAX_TOOLS + ' MCP tools.', 'create-mcp-tools');
-    }
-    var badTools = tools.filter(function (t) {
-      return !TOOL_PATTERN.test(t);
-    });
-    if (badTools.length) {
-      return createError(
-        'MCP tool \u201c' + badTools[0] + '\u201d is not valid: each entry must be 1\u2013128 characters of A\u2013Z, a\u2013z, 0\u20139, _ - . / : and *.',
-        'create-mcp-tools'
-      );
-    }
+    var toolsError = toolsProblem(tools);
+    if (toolsError) return createError(toolsError, 'create-mcp-tools');
     var mcp = {};
     if (tools.length) mcp.tools = tools;
     if ($('create-mcp-read-only').checked) mcp.read_only = true;
@@ -581,12 +593,8 @@
 
     var rate = $('create-rate').value.trim();
     if (rate !== '') {
-      if (!RATE_PATTERN.test(rate)) {
-        return createError(
-          'The rate limit must be a count from 1 to 999999, a slash and s, m or h (per second, minute or hour), e.g. 10/s, 600/m or 1000/h.',
-          'create-rate'
-        );
-      }
+      var rateError = rateProblem(rate);
+      if (rateError) return createError(rateError, 'create-rate');
       body.rate_limit = rate;
     }
 
@@ -762,6 +770,75 @@
       });
   }
 
+  // ---- access dialog -------------------------------------------------------
+
+  // MCP access, allowed IPs and rate limit of an existing key, prefilled from the list.
+  function openAccess(k) {
+    var m = k.mcp || {};
+    accessTarget = k;
+    $('access-form').reset();
+    $('access-title').textContent = 'Access of \u201c' + k.name + '\u201d';
+    $('access-sub').textContent = maskPrefix(k.prefix);
+    $('access-mcp-disabled').checked = !!m.disabled;
+    $('access-mcp-read-only').checked = !!m.read_only;
+    $('access-mcp-tools').value = (m.tools || []).join(', ');
+    $('access-ips').value = (k.allowed_ips || []).join(', ');
+    $('access-rate').value = k.rate_limit || '';
+    $('access-error').textContent = '';
+    $('access-submit').disabled = false;
+    $('access-dialog').showModal();
+    $('access-mcp-disabled').focus();
+  }
+
+  function accessError(message, focusId) {
+    $('access-error').textContent = message;
+    if (focusId) $(focusId).focus();
+  }
+
+  function submitAccess(ev) {
+    ev.preventDefault();
+    var k = accessTarget;
+    if (!k) return;
+    var tools = commaList($('access-mcp-tools').value);
+    var toolsError = toolsProblem(tools);
+    if (toolsError) return accessError(toolsError, 'access-mcp-tools');
+    var rate = $('access-rate').value.trim();
+    if (rate !== '') {
+      var rateError = rateProblem(rate);
+      if (rateError) return accessError(rateError, 'access-rate');
+    }
+    // The server replaces the whole MCP policy; [] = any address; null = the default rate.
+    var body = {
+      mcp: {
+        disabled: $('access-mcp-disabled').checked,
+        tools: tools,
+        read_only: $('access-mcp-read-only').checked,
+      },
+      allowed_ips: commaList($('access-ips').value),
+      rate_limit: rate === '' ? null : rate,
+    };
+
+    var submit = $('access-submit');
+    submit.disabled = true;
+    submit.textContent = 'Saving\u2026';
+    $('access-error').textContent = '';
+    api('PATCH', '/v1/keys/' + encodeURIComponent(k.id), body)
+      .then(function (updated) {
+        if (accessTarget === k) $('access-dialog').close();
+        announce('success', 'Access of key \u201c' + k.name + '\u201d saved: MCP ' + mcpText((updated && updated.mcp) || body.mcp) + '.');
+        return load(focusRowButton(k.id, ['access', 'usage']));
+      })
+      .catch(function (e) {
+        if (isAuthFailure(e)) return showError('Could not save the access of the key', e);
+        var field = /^allowed_ips\b/.test(e.message) ? 'access-ips' : /^rate_limit\b/.test(e.message) ? 'access-rate' : null;
+        accessError('Could not save the access of the key: ' + e.message, field);
+      })
+      .then(function () {
+        submit.disabled = false;
+        submit.textContent = 'Save';
+      });
+  }
+
   // ---- usage dialog --------------------------------------------------------
 
   function showUsage(k) {
@@ -880,6 +957,15 @@
     $('revoke-confirm').addEventListener('click', confirmRevoke);
     $('revoke-dialog').addEventListener('close', function () {
       revokeTarget = null;
+    });
+
+    $('access-form').addEventListener('submit', submitAccess);
+    $('access-cancel').addEventListener('click', function () {
+      $('access-dialog').close();
+    });
+    $('access-dialog').addEventListener('close', function () {
+      accessTarget = null;
+      $('access-error').textContent = '';
     });
 
     $('usage-close').addEventListener('click', function () {
