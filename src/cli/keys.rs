@@ -514,8 +514,16 @@ impl Target {
         if let Some(list) = &args.allowed_ips {
             patch.allowed_ips = Some(networks(list.split(','))?);
         }
-        if args.mcp_tools.is_some() || args.mcp_read_only.is_some() || args.mcp_disabled.is_some() {
-            let current = self.show(args.id).await?;
+        let changes_mcp =
+            args.mcp_tools.is_some() || args.mcp_read_only.is_some() || args.mcp_disabled.is_some();
+        let changes_routes = args.read_only.is_some() || args.routes.is_some();
+        // Fields patched whole are read once, changed by the flags given, written back.
+        let current = if changes_mcp || changes_routes {
+            self.show(args.id).await?
+        } else {
+            Value::Null
+        };
+        if changes_mcp {
             let mut mcp: McpPolicy = serde_json::from_value(current["mcp"].clone()).unwrap_or_default();
             if let Some(list) = &args.mcp_tools {
                 mcp.tools = tools(list.split(','))?;
@@ -528,8 +536,7 @@ impl Target {
             }
             patch.mcp = Some(mcp);
         }
-        if args.read_only.is_some() || args.routes.is_some() {
-            let current = self.show(args.id).await?;
+        if changes_routes {
             let mut restrictions: Restrictions =
                 serde_json::from_value(current["restrictions"].clone()).unwrap_or_default();
             if let Some(read_only) = args.read_only {
