@@ -75,16 +75,4 @@ for ((r = 1; r <= ROUNDS; r++)); do
         printf '%-5s %-3s %10s %8s\n' "$r" "$side" "$rps" "$p99" | tee -a "$TMP/rounds.txt"
     done
 done
-tck=$(getconf CLK_TCK)
-python3 - "$TMP/rounds.txt" "${cpu_s[A]}" "${reqs[A]}" "${cpu_s[B]}" "${reqs[B]}" "$tck" <<'EOF'
-import statistics, sys
-rows = [l.split() for l in open(sys.argv[1])]
-med = lambda side, col: statistics.median(float(r[col]) for r in rows if r[1] == side)
-ticks_a, n_a, ticks_b, n_b, tck = map(int, sys.argv[2:7])
-us = {"A": ticks_a / tck / n_a * 1e6, "B": ticks_b / tck / n_b * 1e6}
-print()
-print(f"{'':4} {'req/s (med)':>12} {'p99 ms (med)':>13} {'CPU µs/req':>11}")
-for s in "AB":
-    print(f"{s:4} {med(s, 2):12.0f} {med(s, 3):13.2f} {us[s]:11.1f}")
-print(f"B/A  {med('B', 2) / med('A', 2):11.3f}x {med('B', 3) / med('A', 3):12.3f}x {us['B'] / us['A']:10.3f}x")
-EOF
+ab_summary "$TMP/rounds.txt" A "${cpu_s[A]}" "${reqs[A]}" B "${cpu_s[B]}" "${reqs[B]}"

@@ -69,15 +69,4 @@ for ((r = 1; r <= ROUNDS; r++)); do
         printf '%-5s %-6s %10s %8s\n' "$r" "$route" "$rps" "$p99" | tee -a "$TMP/rounds.txt"
     done
 done
-python3 - "$TMP/rounds.txt" "${ticks[plain]}" "${reqs[plain]}" "${ticks[mcp]}" "${reqs[mcp]}" "$(getconf CLK_TCK)" <<'PY'
-import statistics, sys
-rows = [l.split() for l in open(sys.argv[1])]
-med = lambda route, col: statistics.median(float(r[col]) for r in rows if r[1] == route)
-tp, np_, tm, nm, tck = map(int, sys.argv[2:7])
-us = {"plain": tp / tck / np_ * 1e6, "mcp": tm / tck / nm * 1e6}
-print()
-print(f"{'':10} {'req/s (med)':>12} {'p99 ms (med)':>13} {'CPU µs/req':>11}")
-for r in ("plain", "mcp"):
-    print(f"{r:10} {med(r, 2):12.0f} {med(r, 3):13.2f} {us[r]:11.1f}")
-print(f"mcp/plain  {med('mcp', 2) / med('plain', 2):11.3f}x {med('mcp', 3) / med('plain', 3):12.3f}x {us['mcp'] / us['plain']:10.3f}x")
-PY
+ab_summary "$TMP/rounds.txt" plain "${ticks[plain]}" "${reqs[plain]}" mcp "${ticks[mcp]}" "${reqs[mcp]}"

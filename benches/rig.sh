@@ -29,3 +29,21 @@ wrk_run() { # SECS SCRIPT URL [ARGS...]
         awk '/requests in/ {n=$1} /Requests\/sec/ {r=$2} /^ +99%/ {v=$2; if (v ~ /us$/) p=v/1000; else if (v ~ /ms$/) p=v+0; else p=v*1000}
              /Non-2xx/ {bad=$4} END {if (bad) {print "wrk: non-2xx responses" > "/dev/stderr"; exit 3}; printf "%s %.2f %s\n", r, p, n}'
 }
+
+# Prints the medians of a two-sided interleaved run and the ratios second/first:
+# ROUNDS_FILE holds "round side req/s p99ms" lines; CPU ticks and requests per side.
+ab_summary() { # ROUNDS_FILE SIDE1 TICKS1 REQS1 SIDE2 TICKS2 REQS2
+    python3 - "$@" "$(getconf CLK_TCK)" <<'PY'
+import statistics, sys
+path, a, ticks_a, n_a, b, ticks_b, n_b, tck = sys.argv[1:9]
+rows = [l.split() for l in open(path)]
+med = lambda side, col: statistics.median(float(r[col]) for r in rows if r[1] == side)
+us = {a: int(ticks_a) / int(tck) / int(n_a) * 1e6, b: int(ticks_b) / int(tck) / int(n_b) * 1e6}
+w = max(4, len(f"{b}/{a}") + 1)
+print()
+print(f"{'':{w}} {'req/s (med)':>12} {'p99 ms (med)':>13} {'CPU µs/req':>11}")
+for s in (a, b):
+    print(f"{s:{w}} {med(s, 2):12.0f} {med(s, 3):13.2f} {us[s]:11.1f}")
+print(f"{b + '/' + a:{w + 1}} {med(b, 2) / med(a, 2):11.3f}x {med(b, 3) / med(a, 3):12.3f}x {us[b] / us[a]:10.3f}x")
+PY
+}
