@@ -67,6 +67,21 @@ pub(super) struct Answer {
 }
 
 impl Answer {
+    /// An answer of `key` on `route` that changes nothing yet.
+    fn new(shared: &Shared, live: &Arc<Live>, route: &Route, key: &Arc<KeyRecord>) -> Self {
+        Self {
+            list_ids: Vec::new(),
+            any_list: false,
+            own: Vec::new(),
+            batch: false,
+            usage: None,
+            key: Arc::clone(key),
+            route: route.name.clone(),
+            live: Arc::clone(live),
+            catalog: Arc::clone(&shared.mcp),
+        }
+    }
+
     fn judge(&self) -> Judge<'_> {
         Judge {
             settings: &self.live.proxy.mcp,
@@ -144,15 +159,8 @@ pub(super) async fn prepare(
         }
         if *method == Method::GET && (!policy.tools.is_empty() || policy.read_only) {
             let answer = Answer {
-                list_ids: Vec::new(),
                 any_list: true,
-                own: Vec::new(),
-                batch: false,
-                usage: None,
-                key: Arc::clone(key),
-                route: route.name.clone(),
-                live: Arc::clone(live),
-                catalog: Arc::clone(&shared.mcp),
+                ..Answer::new(shared, live, route, key)
             };
             return Step::Stream(body, answer);
         }
@@ -315,14 +323,10 @@ pub(super) async fn prepare(
         body,
         Answer {
             list_ids,
-            any_list: false,
             own,
             batch: parsed.batch,
             usage,
-            key: Arc::clone(key),
-            route: route.name.clone(),
-            live: Arc::clone(live),
-            catalog: Arc::clone(&shared.mcp),
+            ..Answer::new(shared, live, route, key)
         },
     )
 }
