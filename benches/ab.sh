@@ -26,33 +26,8 @@ LUA="${ANCHORS:-$ROOT/../shared/bench-anchors}/wrk-keys.lua"
 source "$ROOT/benches/rig.sh"
 B="$T/keygate"
 PA=$(port); PB=$(port); AA=$(port); AB=$(port)
-config() { # PROXY ADMIN DB
-    cat <<EOF
-[proxy]
-listen = "127.0.0.1:$1"
-upstream = "http://127.0.0.1:$UP"
-workers = 2
-
-[admin]
-listen = "127.0.0.1:$2"
-
-[store]
-url = "sqlite://$3"
-
-[quota]
-limit = 1000000000
-period = "month"
-
-[[route]]
-name = "items"
-methods = ["GET"]
-path = "/v1/orgs/{org}/items/**"
-scopes = ["read"]
-org_param = "org"
-EOF
-}
-config "$PA" "$AA" "$TMP/a.db" >"$TMP/keygate.toml"
-config "$PB" "$AB" "$TMP/b.db" >"$TMP/b.toml"
+items_config "$PA" "$AA" "$TMP/a.db" >"$TMP/keygate.toml"
+items_config "$PB" "$AB" "$TMP/b.db" >"$TMP/b.toml"
 for ((i = 0; i < NKEYS; i++)); do key --name "ab-$i" --org acme --scopes read; done >"$TMP/keys.txt"
 cp "$TMP/a.db" "$TMP/b.db"
 RUST_LOG=warn "$A" serve --config "$TMP/keygate.toml" >"$TMP/a.log" 2>&1 & PIDS+=($!); PIDA=$!

@@ -22,6 +22,34 @@ key() {
 
 # wrk -t1 -c64 for SECS against URL with the Lua SCRIPT (and its ARGS); prints
 # "req/s p99ms requests" and fails on any non-2xx answer.
+# The config of benches/ab.sh and benches/profile.sh: embedded SQLite store, local
+# quota, 2 workers, access log off (RUST_LOG=warn), the items route of benches/load.sh.
+items_config() { # PROXY_PORT ADMIN_PORT DB_FILE
+    cat <<EOF
+[proxy]
+listen = "127.0.0.1:$1"
+upstream = "http://127.0.0.1:$UP"
+workers = 2
+
+[admin]
+listen = "127.0.0.1:$2"
+
+[store]
+url = "sqlite://$3"
+
+[quota]
+limit = 1000000000
+period = "month"
+
+[[route]]
+name = "items"
+methods = ["GET"]
+path = "/v1/orgs/{org}/items/**"
+scopes = ["read"]
+org_param = "org"
+EOF
+}
+
 wrk_run() { # SECS SCRIPT URL [ARGS...]
     local secs=$1 script=$2 url=$3
     shift 3
