@@ -1,6 +1,6 @@
 //! The memory model of cached keys, without the server: RSS per key of N records in
-//! the real L1 (as the store's loader leaves them: org, owner, name, environment, one
-//! scope, `for_cache`), then of N quota-counter-sized objects (96 bytes, like
+//! the real L1 (the `CachedKey` of a record as the store's loader leaves it: org, owner,
+//! name, environment, one scope; the record itself is dropped), then of N quota-counter-sized objects (96 bytes, like
 //! `quota::Counter`) in a map keyed like the counters. A fast loop for trying a more
 //! compact record; `benches/footprint.sh` measures the real server.
 //!
@@ -13,7 +13,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use keygate::cache::{L1, Settings};
 use keygate::clock::{SharedClock, SystemClock};
 use keygate::keys::record::Owner;
-use keygate::keys::{KeyHash, KeyRecord};
+use keygate::keys::{CachedKey, KeyHash, KeyRecord};
 
 fn rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
@@ -65,7 +65,7 @@ fn main() {
             revoked_at: None,
         };
         ids.push(r.id);
-        l1.insert(hash, Some(Arc::new(r.for_cache())));
+        l1.insert(hash, Some(Arc::new(CachedKey::from(&r))));
     }
     let in_l1 = rss_kib();
     for id in ids {

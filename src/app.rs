@@ -115,6 +115,7 @@ pub async fn start(config: Config, clock: SharedClock) -> anyhow::Result<App> {
         tasks.push(tokio::spawn(invalidation::follow_channel(
             Arc::clone(redis),
             Arc::clone(&l1),
+            store.clone(),
             stopped.clone(),
         )));
         tasks.push(tokio::spawn(

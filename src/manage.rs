@@ -418,7 +418,10 @@ impl Keys {
 
     async fn evicted(&self, id: Uuid, record: Option<KeyRecord>) -> Result<KeyRecord, Error> {
         if let Some(l1) = &self.l1 {
-            l1.evict(id);
+            match &record {
+                Some(record) => l1.evict(&record.hash),
+                None => l1.evict_id(id),
+            }
         }
         let record = record.ok_or(Error::NotFound(id))?;
         if let Some(redis) = &self.redis

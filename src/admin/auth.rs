@@ -12,13 +12,13 @@ use axum::http::request::Parts;
 use super::State;
 use super::error::ApiError;
 use crate::auth::{Denial, Rejection, credential};
-use crate::keys::KeyRecord;
+use crate::keys::{CachedKey, KeyRecord};
 use crate::store::Actor;
 
 /// An authenticated admin: its key and the actor written to the audit log.
 pub struct Admin {
-    /// The admin key's record.
-    pub key: Arc<KeyRecord>,
+    /// The admin key, as the key cache holds it.
+    pub key: Arc<CachedKey>,
     /// Who is acting.
     pub actor: Actor,
 }

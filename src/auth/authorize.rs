@@ -7,7 +7,7 @@ use http::Method;
 
 use super::rejection::Rejection;
 use super::route::Matched;
-use crate::keys::KeyRecord;
+use crate::keys::CachedKey;
 
 /// Checks `key` against the matched route, the method and the client's address.
 ///
@@ -15,7 +15,7 @@ use crate::keys::KeyRecord;
 /// `insufficient_scope` (naming every missing scope), `org_mismatch` (also for keys
 /// without an org on org-bound routes), `key_restricted` or `ip_not_allowed`.
 pub fn check(
-    key: &KeyRecord,
+    key: &CachedKey,
     matched: &Matched<'_, '_>,
     method: &Method,
     client: Option<IpAddr>,

@@ -26,7 +26,7 @@ use http::{HeaderMap, Method};
 pub use rejection::{Denial, Failure, Rejection, StatusPolicy};
 
 use crate::clock::SharedClock;
-use crate::keys::{KeyRecord, Rate};
+use crate::keys::{CachedKey, Rate};
 use crate::quota::rate::Limiter;
 use crate::quota::{self, Counters, Usage};
 use route::Route;
@@ -67,7 +67,7 @@ pub struct Grant<'a> {
     /// The matched route.
     pub route: &'a Route,
     /// The authenticated key, absent on public routes.
-    pub key: Option<Arc<KeyRecord>>,
+    pub key: Option<Arc<CachedKey>>,
     /// Where the key stands after this request: its quota, or its rate limit when
     /// that is the tighter of the two (what the `RateLimit-*` headers describe).
     pub usage: Option<Usage>,
@@ -201,7 +201,7 @@ impl Decider {
     /// # Errors
     /// `quota_exceeded`, or [`Denial::Unavailable`] when Redis is unreachable and
     /// the policy is `deny`.
-    pub async fn charge(&self, key: &KeyRecord, cost: u64) -> Result<Usage, Denial> {
+    pub async fn charge(&self, key: &CachedKey, cost: u64) -> Result<Usage, Denial> {
         let now = self.clock.now();
         self.quota
             .charge(key, cost, now)
@@ -251,11 +251,11 @@ pub struct Refusal<'s> {
     /// The matched route, if matching got that far.
     pub route: Option<&'s Route>,
     /// The presented key's record, if it was found.
-    pub key: Option<Arc<KeyRecord>>,
+    pub key: Option<Arc<CachedKey>>,
 }
 
 impl<'s> Refusal<'s> {
-    fn on(route: &'s Route, key: Option<&Arc<KeyRecord>>, denial: Denial) -> Self {
+    fn on(route: &'s Route, key: Option<&Arc<CachedKey>>, denial: Denial) -> Self {
         Self {
             denial,
             route: Some(route),

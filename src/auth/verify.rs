@@ -11,7 +11,7 @@ use super::rejection::{Denial, Failure, Rejection};
 use crate::cache::redis::Redis;
 use crate::cache::{L1, Lookup};
 use crate::keys::format::Parsed;
-use crate::keys::{KeyHash, KeyRecord, Status};
+use crate::keys::{CachedKey, KeyHash, KeyRecord, Status};
 use crate::store::{self, Store};
 use crate::telemetry::Metrics;
 
@@ -50,7 +50,7 @@ impl Verifier {
     /// # Errors
     /// `unknown_api_key`, `key_revoked`, `key_paused`, `key_expired`,
     /// `wrong_environment`, or [`Denial::Unavailable`] when the store cannot be asked.
-    pub async fn verify(&self, key: &Parsed<'_>, now: DateTime<Utc>) -> Result<Arc<KeyRecord>, Denial> {
+    pub async fn verify(&self, key: &Parsed<'_>, now: DateTime<Utc>) -> Result<Arc<CachedKey>, Denial> {
         let record = self.find(key, now).await?;
         check_status(&record, key.environment(), now)?;
         Ok(record)
@@ -60,7 +60,7 @@ impl Verifier {
     ///
     /// # Errors
     /// `unknown_api_key`, or [`Denial::Unavailable`] when the store cannot be asked.
-    pub async fn find(&self, key: &Parsed<'_>, now: DateTime<Utc>) -> Result<Arc<KeyRecord>, Denial> {
+    pub async fn find(&self, key: &Parsed<'_>, now: DateTime<Utc>) -> Result<Arc<CachedKey>, Denial> {
         let hash = KeyHash::of(key.expose());
         let record = match self.l1.get_at(&hash, now.timestamp_millis()) {
             Lookup::Hit(record) => {
@@ -82,7 +82,7 @@ impl Verifier {
     /// Loads `hash` with at most one lookup in flight per hash: concurrent requests
     /// with the same key (a flood repeating one unknown key, a burst from a new
     /// client) wait for the first and read what it put in L1.
-    async fn load_once(&self, hash: KeyHash) -> Result<Arc<KeyRecord>, Denial> {
+    async fn load_once(&self, hash: KeyHash) -> Result<Arc<CachedKey>, Denial> {
         let gate = Arc::clone(self.loading.entry(hash).or_default().value());
         let turn = gate.lock().await;
         let result = match self.l1.get(&hash) {
@@ -102,7 +102,7 @@ impl Verifier {
         result
     }
 
-    async fn load(&self, hash: KeyHash) -> Result<Arc<KeyRecord>, Denial> {
+    async fn load(&self, hash: KeyHash) -> Result<Arc<CachedKey>, Denial> {
         if let Some(l2) = &self.l2 {
             // A failing L2 is skipped: the store stays the truth.
             match l2.get_key(&hash).await {
@@ -132,14 +132,15 @@ impl Verifier {
                 self.metrics.dependency_error("store");
                 Denial::Unavailable(Failure::Store(e))
             })?
-            .map(|record| Arc::new(record.for_cache()));
+            .map(KeyRecord::for_cache);
         self.metrics
             .cache("store", if found.is_some() { "hit" } else { "miss" });
         if let Some(l2) = &self.l2
-            && let Err(e) = l2.put_key(&hash, found.as_deref()).await
+            && let Err(e) = l2.put_key(&hash, found.as_ref()).await
         {
             tracing::debug!(error = %e, "cannot fill L2");
         }
+        let found = found.map(|record| Arc::new(CachedKey::from(&record)));
         self.l1.insert(hash, found.clone());
         found.ok_or(Denial::Rejected(Rejection::UnknownApiKey))
     }
@@ -149,16 +150,16 @@ impl Verifier {
 ///
 /// # Errors
 /// The rejection naming the key's state.
-pub fn check_status(record: &KeyRecord, environment: &str, now: DateTime<Utc>) -> Result<(), Rejection> {
+pub fn check_status(record: &CachedKey, environment: &str, now: DateTime<Utc>) -> Result<(), Rejection> {
     match record.status(now) {
         Status::Active => {}
         Status::Revoked => return Err(Rejection::KeyRevoked),
         Status::Paused => return Err(Rejection::KeyPaused),
         Status::Expired => return Err(Rejection::KeyExpired),
     }
-    if record.environment != environment {
+    if *record.environment != *environment {
         return Err(Rejection::WrongEnvironment {
-            found: record.environment.clone(),
+            found: record.environment.to_string(),
             expected: environment.to_owned(),
         });
     }

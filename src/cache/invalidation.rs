@@ -15,6 +15,7 @@ use uuid::Uuid;
 
 use super::L1;
 use super::redis::Redis;
+use crate::keys::KeyHash;
 use crate::store::{Notice, Store};
 
 /// Applies store notices: evict from L1 and, with Redis, drop the record from L2
@@ -29,30 +30,41 @@ pub async fn apply_store_notices(
         match notice {
             Notice::Resync => l1.clear(),
             Notice::Changed(id) => {
-                l1.evict(id);
-                if let Some(redis) = &redis {
-                    forget_in_l2(redis, &store, id).await;
+                let hash = evict(&l1, &store, id).await;
+                if let (Some(redis), Some(hash)) = (&redis, hash)
+                    && let Err(e) = redis.forget(&hash).await
+                {
+                    tracing::debug!(error = %e, "cannot drop a changed key from L2; its TTL bounds it");
                 }
             }
         }
     }
 }
 
-async fn forget_in_l2(redis: &Redis, store: &Store, id: Uuid) {
+/// Evicts the key `id` from L1 by its hash, read from the store (L1 keeps no id →
+/// hash map); when the store cannot say, by a scan of L1. Returns the hash if known.
+async fn evict(l1: &L1, store: &Store, id: Uuid) -> Option<KeyHash> {
     match store.get(id).await {
         Ok(Some(record)) => {
-            if let Err(e) = redis.forget(&record.hash).await {
-                tracing::debug!(error = %e, "cannot drop a changed key from L2; its TTL bounds it");
-            }
+            l1.evict(&record.hash);
+            Some(record.hash)
         }
-        Ok(None) => {}
-        Err(e) => tracing::debug!(error = %e, "cannot read a changed key to drop it from L2"),
+        Ok(None) => {
+            l1.evict_id(id);
+            None
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, "cannot read a changed key; evicting it by a scan of L1");
+            l1.evict_id(id);
+            None
+        }
     }
 }
 
 /// Follows the Redis invalidation channel until `stop`, evicting announced keys from
-/// L1; (re)subscribing clears L1.
-pub async fn follow_channel(redis: Arc<Redis>, l1: Arc<L1>, mut stop: watch::Receiver<bool>) {
+/// L1 (the message names the key's id; its hash comes from the store); (re)subscribing
+/// clears L1.
+pub async fn follow_channel(redis: Arc<Redis>, l1: Arc<L1>, store: Store, mut stop: watch::Receiver<bool>) {
     let channel = redis.channel();
     let mut reported = false;
     loop {
@@ -93,7 +105,7 @@ pub async fn follow_channel(redis: Arc<Redis>, l1: Arc<L1>, mut stop: watch::Rec
             let Some(message) = message else { break };
             let payload: String = message.get_payload().unwrap_or_default();
             if let Ok(id) = Uuid::parse_str(&payload) {
-                l1.evict(id);
+                evict(&l1, &store, id).await;
             }
         }
     }

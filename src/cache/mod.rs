@@ -17,7 +17,7 @@ use dashmap::DashMap;
 use uuid::Uuid;
 
 use crate::clock::SharedClock;
-use crate::keys::{KeyHash, KeyRecord};
+use crate::keys::{CachedKey, KeyHash};
 
 /// L1 tuning.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,7 +45,7 @@ impl Default for Settings {
 
 #[derive(Debug, Clone)]
 struct Entry {
-    key: Arc<KeyRecord>,
+    key: Arc<CachedKey>,
     expires_at_ms: i64,
 }
 
@@ -53,7 +53,7 @@ struct Entry {
 #[derive(Debug, Clone)]
 pub enum Lookup {
     /// A known key.
-    Hit(Arc<KeyRecord>),
+    Hit(Arc<CachedKey>),
     /// Known to be unknown.
     Negative,
     /// Not cached (or expired).
@@ -65,7 +65,6 @@ pub struct L1 {
     map: DashMap<KeyHash, Entry>,
     /// Unknown hashes and when they stop being remembered.
     negatives: DashMap<KeyHash, i64>,
-    ids: DashMap<Uuid, KeyHash>,
     settings: Settings,
     clock: SharedClock,
 }
@@ -76,7 +75,6 @@ impl L1 {
         Self {
             map: DashMap::with_capacity(settings.capacity.min(1 << 16)),
             negatives: DashMap::new(),
-            ids: DashMap::new(),
             settings,
             clock,
         }
@@ -102,7 +100,7 @@ impl L1 {
     }
 
     /// Remembers what the store said about `hash` (`None` = unknown).
-    pub fn insert(&self, hash: KeyHash, key: Option<Arc<KeyRecord>>) {
+    pub fn insert(&self, hash: KeyHash, key: Option<Arc<CachedKey>>) {
         let now = self.clock.now_millis();
         let ttl = if key.is_some() {
             self.settings.ttl
@@ -116,7 +114,6 @@ impl L1 {
                 if self.map.len() >= self.settings.capacity && !self.map.contains_key(&hash) {
                     self.make_room(now);
                 }
-                self.ids.insert(key.id, hash);
                 self.map.insert(hash, Entry { key, expires_at_ms });
             }
             None => {
@@ -136,7 +133,6 @@ impl L1 {
         if self.map.len() >= self.settings.capacity {
             self.map.clear();
         }
-        self.ids.retain(|_, hash| self.map.contains_key(hash));
     }
 
     /// Frees space for an unknown hash: expired entries go first, then every other
@@ -152,21 +148,25 @@ impl L1 {
         }
     }
 
-    /// Forgets the key with `id`.
+    /// Forgets the key whose hash is `hash` (a changed key's record names it).
     ///
     /// Negative entries stay: a new key's hash cannot have been cached as unknown
     /// unless someone presented the key before it existed.
-    pub fn evict(&self, id: Uuid) {
-        if let Some((_, hash)) = self.ids.remove(&id) {
-            self.map.remove(&hash);
-        }
+    pub fn evict(&self, hash: &KeyHash) {
+        self.map.remove(hash);
+    }
+
+    /// Forgets the key with `id` when its hash is not at hand (the store could not
+    /// say it): a scan of every entry, which keeps L1 free of an id → hash map
+    /// (about 60 bytes per cached key).
+    pub fn evict_id(&self, id: Uuid) {
+        self.map.retain(|_, e| e.key.id != id);
     }
 
     /// Forgets everything.
     pub fn clear(&self) {
         self.map.clear();
         self.negatives.clear();
-        self.ids.clear();
     }
 
     /// Entries currently held (including expired ones not yet swept).
@@ -184,10 +184,11 @@ impl L1 {
 mod tests {
     use super::*;
     use crate::clock::ManualClock;
+    use crate::keys::KeyRecord;
     use crate::keys::record::Owner;
 
-    fn record() -> Arc<KeyRecord> {
-        Arc::new(KeyRecord {
+    fn record() -> Arc<CachedKey> {
+        Arc::new(CachedKey::from(&KeyRecord {
             id: Uuid::new_v4(),
             org_id: None,
             owner: Owner::Org("acme".into()),
@@ -205,7 +206,7 @@ mod tests {
             expires_at: None,
             paused: false,
             revoked_at: None,
-        })
+        }))
     }
 
     #[test]

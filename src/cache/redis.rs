@@ -16,7 +16,7 @@ use tokio::sync::watch;
 use uuid::Uuid;
 
 use super::Lookup;
-use crate::keys::{KeyHash, KeyRecord};
+use crate::keys::{CachedKey, KeyHash, KeyRecord};
 
 /// Redis settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -160,7 +160,7 @@ impl Redis {
             Some(json) => {
                 let mut record: KeyRecord = serde_json::from_str(json).map_err(Error::Decode)?;
                 record.hash = *hash;
-                Ok(Lookup::Hit(Arc::new(record.for_cache())))
+                Ok(Lookup::Hit(Arc::new(CachedKey::from(&record))))
             }
         }
     }

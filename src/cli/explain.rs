@@ -132,10 +132,12 @@ async fn explain(args: &ExplainArgs, config_path: &Path, clock: SharedClock) -> 
         (None, Some(default)) => json!({"rate": default.to_string(), "from": "[rate_limit] per_key"}),
         (None, None) => Value::Null,
     };
-    if let Err(r) = verify::check_status(&record, &environment, now) {
+    // Judged as the proxy judges it: from the form the key cache holds.
+    let cached = crate::keys::CachedKey::from(&record);
+    if let Err(r) = verify::check_status(&cached, &environment, now) {
         return Ok(refuse(report, "verify", &r, &policy));
     }
-    if let Err(r) = authorize::check(&record, &matched, &method, Some(args.client_ip)) {
+    if let Err(r) = authorize::check(&cached, &matched, &method, Some(args.client_ip)) {
         return Ok(refuse(report, "authorize", &r, &policy));
     }
     let redis = match &config.redis {

@@ -2,10 +2,12 @@
 //!
 //! Pure: no I/O beyond the OS random source. Storage lives in `store`.
 
+pub mod cached;
 pub mod format;
 pub mod record;
 pub mod secret;
 
+pub use cached::CachedKey;
 pub use format::Format;
 pub use record::{KeyRecord, McpPolicy, Owner, Rate, Restrictions, Status};
 pub use secret::{ApiKey, KeyHash};

@@ -2,7 +2,7 @@
 
 use std::fmt;
 use std::net::IpAddr;
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use ipnet::IpNet;
@@ -259,6 +259,25 @@ pub enum Status {
 }
 
 impl Status {
+    /// The status at `now` of a key revoked, paused and expiring as given: revocation
+    /// wins over pause, pause over expiry.
+    pub fn at(
+        revoked_at: Option<DateTime<Utc>>,
+        paused: bool,
+        expires_at: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+    ) -> Self {
+        if revoked_at.is_some_and(|at| at <= now) {
+            Self::Revoked
+        } else if paused {
+            Self::Paused
+        } else if expires_at.is_some_and(|at| at <= now) {
+            Self::Expired
+        } else {
+            Self::Active
+        }
+    }
+
     /// The lowercase name used in listings and filters.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -284,15 +303,7 @@ impl Status {
 impl KeyRecord {
     /// The key's status at `now`; revocation wins over pause, pause over expiry.
     pub fn status(&self, now: DateTime<Utc>) -> Status {
-        if self.revoked_at.is_some_and(|at| at <= now) {
-            Status::Revoked
-        } else if self.paused {
-            Status::Paused
-        } else if self.expires_at.is_some_and(|at| at <= now) {
-            Status::Expired
-        } else {
-            Status::Active
-        }
+        Status::at(self.revoked_at, self.paused, self.expires_at, now)
     }
 
     /// Whether the key holds `scope`.
@@ -300,20 +311,12 @@ impl KeyRecord {
         self.scopes.iter().any(|s| s == scope)
     }
 
-    /// The record as the key caches (L1, L2) hold it: without what only the admin
-    /// store's readers show (`metadata`, `created_by`, `display_prefix`,
-    /// `last_used_at`), which the decision never reads and which would otherwise
-    /// be held once per cached key.
+    /// The record as L2 (Redis) holds it: without what only the admin store's
+    /// readers show (`metadata`, `created_by`, `display_prefix`, `last_used_at`),
+    /// which the decision never reads. L1 holds a [`CachedKey`](super::CachedKey).
     #[must_use]
     pub fn for_cache(self) -> Self {
-        static OPEN: LazyLock<Arc<Restrictions>> = LazyLock::new(Arc::default);
-        let restrictions = if *self.restrictions == Restrictions::default() {
-            Arc::clone(&OPEN)
-        } else {
-            self.restrictions
-        };
         Self {
-            restrictions,
             metadata: serde_json::Value::Null,
             created_by: String::new(),
             display_prefix: String::new(),

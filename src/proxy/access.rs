@@ -8,7 +8,7 @@ use http::{HeaderValue, Method, Uri};
 
 use crate::auth::AuthMethod;
 use crate::auth::route::Route;
-use crate::keys::KeyRecord;
+use crate::keys::CachedKey;
 
 /// What one request came to.
 pub(super) struct Line<'a> {
@@ -19,7 +19,7 @@ pub(super) struct Line<'a> {
     pub route: &'a str,
     pub status: u16,
     pub code: &'a str,
-    pub key: Option<&'a KeyRecord>,
+    pub key: Option<&'a CachedKey>,
     pub request_id: &'a HeaderValue,
     pub decision: Duration,
     pub upstream: Option<Duration>,

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use chrono::{DateTime, Utc};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
-use crate::keys::KeyRecord;
+use crate::keys::CachedKey;
 use crate::quota::Usage;
 
 /// The identity header names, built once from `[identity] header_prefix`.
@@ -126,7 +126,7 @@ fn remove_hop_by_hop(headers: &mut HeaderMap) {
 #[derive(Debug)]
 pub struct Forwarded<'a> {
     /// The authenticated key (absent on public routes).
-    pub key: Option<&'a KeyRecord>,
+    pub key: Option<&'a CachedKey>,
     /// The client's address as keygate saw it.
     pub peer: SocketAddr,
     /// This request's id.
@@ -208,7 +208,7 @@ fn is_underscored_credential(name: &HeaderName, key_header: Option<&HeaderName>)
 
 /// Sets the trusted identity headers for `key` (or `auth-method: none` on a public
 /// route). Callers strip client-sent identity headers first.
-pub fn insert_identity(headers: &mut HeaderMap, identity: &Identity, key: Option<&KeyRecord>) {
+pub fn insert_identity(headers: &mut HeaderMap, identity: &Identity, key: Option<&CachedKey>) {
     match key {
         Some(key) => {
             headers.insert(identity.key_id.clone(), uuid_value(key));
@@ -218,7 +218,7 @@ pub fn insert_identity(headers: &mut HeaderMap, identity: &Identity, key: Option
             }
             headers.insert(identity.environment.clone(), text_value(&key.environment));
             headers.insert(identity.scopes.clone(), text_value(&key.scopes.join(",")));
-            headers.insert(identity.owner.clone(), text_value(&key.owner.to_tag()));
+            headers.insert(identity.owner.clone(), text_value(&key.owner));
             headers.insert(identity.auth_method.clone(), HeaderValue::from_static("api_key"));
         }
         None => {
@@ -315,7 +315,7 @@ fn new_request_id() -> HeaderValue {
     HeaderValue::from_str(&format!("{base:016x}{n:016x}")).unwrap_or_else(|_| HeaderValue::from_static("0"))
 }
 
-fn uuid_value(key: &KeyRecord) -> HeaderValue {
+fn uuid_value(key: &CachedKey) -> HeaderValue {
     let mut buf = uuid::Uuid::encode_buffer();
     HeaderValue::from_str(key.id.hyphenated().encode_lower(&mut buf))
         .unwrap_or_else(|_| HeaderValue::from_static(""))

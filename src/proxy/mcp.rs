@@ -21,7 +21,7 @@ use serde_json::Value;
 use super::{Live, Shared, forward, respond};
 use crate::auth::route::Route;
 use crate::auth::{Denial, Rejection};
-use crate::keys::KeyRecord;
+use crate::keys::CachedKey;
 use crate::mcp::{self, Catalog, Judge, Verdict, sse};
 use crate::quota::Usage;
 
@@ -60,7 +60,7 @@ pub(super) struct Answer {
     batch: bool,
     /// The key quota standing after the messages' charges, if any were charged.
     pub usage: Option<Usage>,
-    key: Arc<KeyRecord>,
+    key: Arc<CachedKey>,
     route: String,
     live: Arc<Live>,
     catalog: Arc<Catalog>,
@@ -68,7 +68,7 @@ pub(super) struct Answer {
 
 impl Answer {
     /// An answer of `key` on `route` that changes nothing yet.
-    fn new(shared: &Shared, live: &Arc<Live>, route: &Route, key: &Arc<KeyRecord>) -> Self {
+    fn new(shared: &Shared, live: &Arc<Live>, route: &Route, key: &Arc<CachedKey>) -> Self {
         Self {
             list_ids: Vec::new(),
             any_list: false,
@@ -119,7 +119,7 @@ pub(super) async fn prepare(
     shared: &Shared,
     live: &Arc<Live>,
     route: &Route,
-    key: &Arc<KeyRecord>,
+    key: &Arc<CachedKey>,
     method: &Method,
     headers: &HeaderMap,
     body: Incoming,
@@ -340,7 +340,7 @@ pub(super) async fn forward_auth(
     shared: &Shared,
     live: &Live,
     route: &Route,
-    key: &KeyRecord,
+    key: &CachedKey,
     request_id: &HeaderValue,
 ) -> Option<(Response<Full<Bytes>>, &'static str)> {
     let policy = &key.restrictions.mcp;

@@ -27,7 +27,7 @@ use uuid::Uuid;
 pub use period::{Period, Window};
 
 use crate::cache::redis::Redis;
-use crate::keys::KeyRecord;
+use crate::keys::{CachedKey, KeyRecord};
 use crate::store::{self, Store, UsageRow};
 
 /// Whole seconds from `now` until `at`, rounded up (0 when `at` has passed).
@@ -185,7 +185,7 @@ impl Counters {
     /// # Errors
     /// [`Error::Exceeded`] when the charge does not fit; [`Error::Unavailable`] when
     /// Redis is unreachable and the policy is `deny`.
-    pub async fn charge(&self, key: &KeyRecord, cost: u64, now: DateTime<Utc>) -> Result<Usage, Error> {
+    pub async fn charge(&self, key: &CachedKey, cost: u64, now: DateTime<Utc>) -> Result<Usage, Error> {
         let window = self.settings.period.window(key.created_at, now);
         let limit = key.quota_limit.unwrap_or_else(|| self.default_limit());
         let counter = self.counter(key.id, window);

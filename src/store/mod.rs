@@ -176,9 +176,9 @@ impl Actor {
     }
 
     /// An admin key over the admin API; named after the key.
-    pub fn admin_key(key: &KeyRecord, client_ip: Option<String>) -> Self {
+    pub fn admin_key(key: &crate::keys::CachedKey, client_ip: Option<String>) -> Self {
         Self {
-            name: key.name.clone(),
+            name: key.name.to_string(),
             key_id: Some(key.id),
             client_ip,
             auth_method: "admin_key",

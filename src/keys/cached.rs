@@ -1,0 +1,191 @@
+//! The part of a key record the key caches hold and the decision reads.
+//!
+//! A cache holds up to `[cache] capacity` keys (100,000 by default), so each byte per
+//! key counts: a [`CachedKey`] keeps only what the decision, the identity headers and
+//! the access log read, and shares what repeats across keys (org, environment,
+//! owner, the scope set, an unrestricted key's restrictions) through a small
+//! interner instead of holding a copy per key. The admin API and the CLI read the
+//! full [`KeyRecord`] from the store.
+
+use std::collections::HashSet;
+use std::hash::Hash;
+use std::sync::{Arc, LazyLock, Mutex};
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use super::record::{KeyRecord, Restrictions, Status};
+
+/// A key as the caches hold it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CachedKey {
+    /// Stable id.
+    pub id: Uuid,
+    /// Human label.
+    pub name: Box<str>,
+    /// The organisation the key is bound to, if any.
+    pub org_id: Option<Arc<str>>,
+    /// The owner as forwarded upstream: `user:<id>` or `org:<id>`.
+    pub owner: Arc<str>,
+    /// Environment the key was issued for.
+    pub environment: Arc<str>,
+    /// Granted scopes.
+    pub scopes: Arc<[Arc<str>]>,
+    /// Further limits.
+    pub restrictions: Arc<Restrictions>,
+    /// Quota limit overriding the configured default.
+    pub quota_limit: Option<u64>,
+    /// When it was created (anniversary quota periods start there).
+    pub created_at: DateTime<Utc>,
+    /// When it stops working, if ever.
+    pub expires_at: Option<DateTime<Utc>>,
+    /// When it was revoked.
+    pub revoked_at: Option<DateTime<Utc>>,
+    /// Temporarily disabled.
+    pub paused: bool,
+}
+
+impl CachedKey {
+    /// The key's status at `now`, by the rule of [`KeyRecord::status`].
+    pub fn status(&self, now: DateTime<Utc>) -> Status {
+        Status::at(self.revoked_at, self.paused, self.expires_at, now)
+    }
+
+    /// Whether the key holds `scope`.
+    pub fn has_scope(&self, scope: &str) -> bool {
+        self.scopes.iter().any(|s| &**s == scope)
+    }
+}
+
+impl From<&KeyRecord> for CachedKey {
+    fn from(record: &KeyRecord) -> Self {
+        static OPEN: LazyLock<Arc<Restrictions>> = LazyLock::new(Arc::default);
+        let restrictions = if *record.restrictions == Restrictions::default() {
+            Arc::clone(&OPEN)
+        } else {
+            Arc::clone(&record.restrictions)
+        };
+        Self {
+            id: record.id,
+            name: record.name.as_str().into(),
+            org_id: record.org_id.as_deref().map(intern_str),
+            owner: intern_str(&record.owner.to_tag()),
+            environment: intern_str(&record.environment),
+            scopes: intern_scopes(&record.scopes),
+            restrictions,
+            quota_limit: record.quota_limit,
+            created_at: record.created_at,
+            expires_at: record.expires_at,
+            revoked_at: record.revoked_at,
+            paused: record.paused,
+        }
+    }
+}
+
+/// A set of shared values: `get` hands out the one instance equal to its argument.
+/// Values only the interner still holds are dropped when the set has doubled since
+/// the last sweep, so keys that left the caches do not pin their strings forever.
+struct Interner<T: ?Sized> {
+    values: HashSet<Arc<T>>,
+    sweep_at: usize,
+}
+
+impl<T: ?Sized + Eq + Hash> Interner<T> {
+    fn new() -> Self {
+        Self {
+            values: HashSet::new(),
+            sweep_at: 1024,
+        }
+    }
+
+    fn get(&mut self, value: &T, make: impl FnOnce() -> Arc<T>) -> Arc<T> {
+        if let Some(shared) = self.values.get(value) {
+            return Arc::clone(shared);
+        }
+        if self.values.len() >= self.sweep_at {
+            self.values.retain(|v| Arc::strong_count(v) > 1);
+            self.sweep_at = (self.values.len() * 2).max(1024);
+        }
+        let shared = make();
+        self.values.insert(Arc::clone(&shared));
+        shared
+    }
+}
+
+static STRINGS: LazyLock<Mutex<Interner<str>>> = LazyLock::new(|| Mutex::new(Interner::new()));
+static SCOPE_SETS: LazyLock<Mutex<Interner<[Arc<str>]>>> = LazyLock::new(|| Mutex::new(Interner::new()));
+
+fn intern_str(s: &str) -> Arc<str> {
+    // A poisoned interner still holds valid strings: keep using it.
+    let mut strings = STRINGS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    strings.get(s, || Arc::from(s))
+}
+
+fn intern_scopes(scopes: &[String]) -> Arc<[Arc<str>]> {
+    let scopes: Vec<Arc<str>> = scopes.iter().map(|s| intern_str(s)).collect();
+    let mut sets = SCOPE_SETS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    sets.get(&scopes, || Arc::from(scopes.as_slice()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::record::Owner;
+
+    fn record(org: &str, scopes: &[&str]) -> KeyRecord {
+        KeyRecord {
+            id: Uuid::new_v4(),
+            org_id: Some(org.into()),
+            owner: Owner::Org(org.into()),
+            name: "k".into(),
+            display_prefix: "kg_live_x".into(),
+            hash: crate::keys::KeyHash::default(),
+            environment: "live".into(),
+            scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
+            restrictions: Arc::default(),
+            quota_limit: Some(5),
+            metadata: serde_json::json!({"team": "a"}),
+            created_by: "me".into(),
+            created_at: Utc::now(),
+            last_used_at: None,
+            expires_at: None,
+            paused: false,
+            revoked_at: None,
+        }
+    }
+
+    #[test]
+    fn keys_share_what_repeats_and_keep_what_the_decision_reads() {
+        let a = CachedKey::from(&record("acme-cached", &["read", "write"]));
+        let b = CachedKey::from(&record("acme-cached", &["read", "write"]));
+        let c = CachedKey::from(&record("beta-cached", &["read"]));
+        assert!(Arc::ptr_eq(
+            a.org_id.as_ref().expect("org"),
+            b.org_id.as_ref().expect("org")
+        ));
+        assert!(Arc::ptr_eq(&a.scopes, &b.scopes));
+        assert!(Arc::ptr_eq(&a.environment, &c.environment));
+        assert!(
+            Arc::ptr_eq(&a.restrictions, &c.restrictions),
+            "unrestricted keys share one"
+        );
+        assert!(!Arc::ptr_eq(&a.scopes, &c.scopes));
+        assert!(a.has_scope("write") && !c.has_scope("write"));
+        assert_eq!(&*a.owner, "org:acme-cached");
+        assert_eq!((a.quota_limit, a.status(Utc::now())), (Some(5), Status::Active));
+    }
+
+    #[test]
+    fn the_interner_drops_values_no_key_holds() {
+        let mut interner: Interner<str> = Interner::new();
+        let kept = interner.get("kept", || Arc::from("kept"));
+        for i in 0..5000 {
+            let s = format!("gone-{i}");
+            drop(interner.get(&s, || Arc::from(s.as_str())));
+        }
+        assert!(interner.values.len() < 2100, "swept: {}", interner.values.len());
+        assert!(Arc::ptr_eq(&kept, &interner.get("kept", || Arc::from("other"))));
+    }
+}
