@@ -1,8 +1,9 @@
 //! The memory model of cached keys, without the server: RSS per key of N records in
-//! the real L1 (the `CachedKey` of a record as the store's loader leaves it: org, owner,
-//! name, environment, one scope; the record itself is dropped), then of N quota-counter-sized objects (96 bytes, like
-//! `quota::Counter`) in a map keyed like the counters. A fast loop for trying a more
-//! compact record; `benches/footprint.sh` measures the real server.
+//! the real L1 (the `CachedKey` of a record as the store's loader leaves it: org,
+//! owner, name, environment, one scope; the record itself is dropped), then of N
+//! quota-counter-sized objects (80 bytes, like `quota::Counter`) in a map keyed like
+//! the counters. A fast loop for trying a more compact record; `benches/footprint.sh`
+//! measures the real server.
 //!
 //! `N=100000 cargo run --release --example l1_footprint`
 use std::sync::Arc;
@@ -37,7 +38,7 @@ fn main() {
         },
         clock,
     );
-    let counters: dashmap::DashMap<(uuid::Uuid, i64), Arc<[u64; 12]>> = dashmap::DashMap::new();
+    let counters: dashmap::DashMap<(uuid::Uuid, i64), Arc<[u64; 10]>> = dashmap::DashMap::new();
     // The id list's pages are touched before measuring, so they count nowhere.
     let mut ids = vec![uuid::Uuid::nil(); n];
     ids.clear();
@@ -69,7 +70,7 @@ fn main() {
     }
     let in_l1 = rss_kib();
     for id in ids {
-        counters.insert((id, 0), Arc::new([0; 12]));
+        counters.insert((id, 0), Arc::new([0; 10]));
     }
     let with_counters = rss_kib();
     let per_key = |kib: u64| kib * 1024 / n as u64;

@@ -16,7 +16,9 @@ use uuid::Uuid;
 
 use super::record::{KeyRecord, Restrictions, Status};
 
-/// A key as the caches hold it.
+/// A key as the caches hold it: 144 bytes, so that with its reference counts it
+/// fits mimalloc's 160-byte size class (times as unix nanoseconds, the quota limit
+/// and the pause behind one flags byte; `examples/l1_footprint.rs` measures it).
 #[derive(Debug, Clone, PartialEq)]
 pub struct CachedKey {
     /// Stable id.
@@ -33,22 +35,44 @@ pub struct CachedKey {
     pub scopes: Arc<[Arc<str>]>,
     /// Further limits.
     pub restrictions: Arc<Restrictions>,
-    /// Quota limit overriding the configured default.
-    pub quota_limit: Option<u64>,
-    /// When it was created (anniversary quota periods start there).
-    pub created_at: DateTime<Utc>,
-    /// When it stops working, if ever.
-    pub expires_at: Option<DateTime<Utc>>,
-    /// When it was revoked.
-    pub revoked_at: Option<DateTime<Utc>>,
-    /// Temporarily disabled.
-    pub paused: bool,
+    /// The key's own quota limit, when `OWN_QUOTA` is set.
+    quota_limit: u64,
+    /// When it was created (anniversary quota periods start there), unix ns.
+    created_at_ns: i64,
+    /// When it stops working, unix ns (`NEVER`: it does not).
+    expires_at_ns: i64,
+    /// When it was revoked, unix ns (`NEVER`: it was not).
+    revoked_at_ns: i64,
+    flags: u8,
 }
+
+const PAUSED: u8 = 1;
+const OWN_QUOTA: u8 = 2;
+const NEVER: i64 = i64::MAX;
 
 impl CachedKey {
     /// The key's status at `now`, by the rule of [`KeyRecord::status`].
     pub fn status(&self, now: DateTime<Utc>) -> Status {
-        Status::at(self.revoked_at, self.paused, self.expires_at, now)
+        let now = nanos(now);
+        if self.revoked_at_ns <= now {
+            Status::Revoked
+        } else if self.flags & PAUSED != 0 {
+            Status::Paused
+        } else if self.expires_at_ns <= now {
+            Status::Expired
+        } else {
+            Status::Active
+        }
+    }
+
+    /// The quota limit overriding the configured default, if the key has one.
+    pub fn quota_limit(&self) -> Option<u64> {
+        (self.flags & OWN_QUOTA != 0).then_some(self.quota_limit)
+    }
+
+    /// When the key was created.
+    pub fn created_at(&self) -> DateTime<Utc> {
+        DateTime::from_timestamp_nanos(self.created_at_ns)
     }
 
     /// Whether the key holds `scope`.
@@ -73,13 +97,20 @@ impl From<&KeyRecord> for CachedKey {
             environment: intern_str(&record.environment),
             scopes: intern_scopes(&record.scopes),
             restrictions,
-            quota_limit: record.quota_limit,
-            created_at: record.created_at,
-            expires_at: record.expires_at,
-            revoked_at: record.revoked_at,
-            paused: record.paused,
+            quota_limit: record.quota_limit.unwrap_or_default(),
+            created_at_ns: nanos(record.created_at),
+            expires_at_ns: record.expires_at.map_or(NEVER, nanos),
+            revoked_at_ns: record.revoked_at.map_or(NEVER, nanos),
+            flags: (u8::from(record.paused) * PAUSED) | (u8::from(record.quota_limit.is_some()) * OWN_QUOTA),
         }
     }
+}
+
+/// `at` in unix nanoseconds; outside 1677-2262 (what an i64 holds) the nearest end,
+/// which orders the same against any time in that span.
+fn nanos(at: DateTime<Utc>) -> i64 {
+    at.timestamp_nanos_opt()
+        .unwrap_or(if at.timestamp() < 0 { i64::MIN } else { i64::MAX })
 }
 
 /// A set of shared values: `get` hands out the one instance equal to its argument.
@@ -174,7 +205,46 @@ mod tests {
         assert!(!Arc::ptr_eq(&a.scopes, &c.scopes));
         assert!(a.has_scope("write") && !c.has_scope("write"));
         assert_eq!(&*a.owner, "org:acme-cached");
-        assert_eq!((a.quota_limit, a.status(Utc::now())), (Some(5), Status::Active));
+        assert_eq!((a.quota_limit(), a.status(Utc::now())), (Some(5), Status::Active));
+        assert_eq!(
+            std::mem::size_of::<CachedKey>(),
+            144,
+            "one mimalloc size class with its Arc"
+        );
+    }
+
+    #[test]
+    fn the_status_follows_the_record_to_the_nanosecond() {
+        let now = Utc::now();
+        let ns = chrono::Duration::nanoseconds(1);
+        let mut r = record("acme-cached", &["read"]);
+        r.quota_limit = None;
+        let key = |r: &KeyRecord| CachedKey::from(r);
+        assert_eq!(key(&r).quota_limit(), None);
+        r.quota_limit = Some(0);
+        assert_eq!(key(&r).quota_limit(), Some(0));
+        r.expires_at = Some(now + ns);
+        assert_eq!(key(&r).status(now), Status::Active);
+        assert_eq!(key(&r).status(now + ns), Status::Expired);
+        r.paused = true;
+        assert_eq!(key(&r).status(now + ns), Status::Paused, "pause wins over expiry");
+        r.revoked_at = Some(now);
+        assert_eq!(key(&r).status(now), Status::Revoked, "revocation wins over pause");
+        assert_eq!(key(&r).status(now - ns), Status::Paused);
+        for at in [now - ns, now, now + ns] {
+            assert_eq!(key(&r).status(at), r.status(at), "the record's rule at {at}");
+        }
+        assert_eq!(
+            key(&r).created_at(),
+            r.created_at,
+            "anniversary periods start there"
+        );
+        r.paused = false;
+        r.revoked_at = None;
+        r.expires_at = DateTime::from_timestamp(-20_000_000_000, 0);
+        assert_eq!(key(&r).status(now), Status::Expired, "an expiry before 1677");
+        r.expires_at = DateTime::from_timestamp(20_000_000_000, 0);
+        assert_eq!(key(&r).status(now), Status::Active, "an expiry after 2262");
     }
 
     #[test]

@@ -18,7 +18,7 @@ pub mod rate;
 pub mod redis;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 use chrono::{DateTime, TimeZone, Utc};
 use dashmap::DashMap;
@@ -111,9 +111,47 @@ struct Counter {
     persisted: AtomicU64,
     last_used_ms: AtomicI64,
     last_used_persisted_ms: AtomicI64,
-    window: Window,
-    loaded: AtomicBool,
-    load_retry_ms: AtomicI64,
+    /// `LOADED` once the stored count is in `used`; else when a failed load may be
+    /// retried (unix ms).
+    load_state: AtomicI64,
+    /// The period, as unix nanoseconds (see `window()`).
+    window_start_ns: i64,
+    window_end_ns: i64,
+}
+
+/// `Counter::load_state` once the stored count was added: later than any retry time.
+const LOADED: i64 = i64::MAX;
+
+impl Counter {
+    fn new(window: Window) -> Self {
+        let ns = |at: DateTime<Utc>| at.timestamp_nanos_opt().unwrap_or(i64::MAX);
+        Self {
+            used: AtomicU64::new(0),
+            pending: AtomicU64::new(0),
+            lease: AtomicU64::new(0),
+            lease_drawn_ms: AtomicI64::new(0),
+            persisted: AtomicU64::new(0),
+            last_used_ms: AtomicI64::new(0),
+            last_used_persisted_ms: AtomicI64::new(0),
+            load_state: AtomicI64::new(0),
+            window_start_ns: ns(window.start),
+            window_end_ns: ns(window.end),
+        }
+    }
+
+    /// The counter's period. Held as two integers, which keeps a counter at 80 bytes
+    /// (96 with its reference counts, one allocator size class below 112): one per
+    /// cached key. Exact for periods within 1677-2262.
+    fn window(&self) -> Window {
+        Window {
+            start: DateTime::from_timestamp_nanos(self.window_start_ns),
+            end: DateTime::from_timestamp_nanos(self.window_end_ns),
+        }
+    }
+
+    fn loaded(&self) -> bool {
+        self.load_state.load(Ordering::Acquire) == LOADED
+    }
 }
 
 /// Locks taken per counter while loading its stored count or leasing from Redis
@@ -121,6 +159,9 @@ struct Counter {
 /// its own, which keeps it small (one per cached key and period). No code path holds
 /// two at once.
 const STRIPES: usize = 256;
+
+/// Keys written per flush statement at most.
+const FLUSH_CHUNK: usize = 1000;
 
 /// The counters of this process.
 pub struct Counters {
@@ -186,10 +227,10 @@ impl Counters {
     /// [`Error::Exceeded`] when the charge does not fit; [`Error::Unavailable`] when
     /// Redis is unreachable and the policy is `deny`.
     pub async fn charge(&self, key: &CachedKey, cost: u64, now: DateTime<Utc>) -> Result<Usage, Error> {
-        let window = self.settings.period.window(key.created_at, now);
-        let limit = key.quota_limit.unwrap_or_else(|| self.default_limit());
+        let window = self.settings.period.window(key.created_at(), now);
+        let limit = key.quota_limit().unwrap_or_else(|| self.default_limit());
         let counter = self.counter(key.id, window);
-        if !counter.loaded.load(Ordering::Acquire) {
+        if !counter.loaded() {
             self.load(key.id, &counter, now).await;
         }
         counter
@@ -260,7 +301,7 @@ impl Counters {
         let local = self
             .map
             .get(&(key.id, window.start.timestamp()))
-            .filter(|c| c.loaded.load(Ordering::Acquire))
+            .filter(|c| c.loaded())
             .map(|c| c.used_here());
         let used = match local {
             Some(used) => used,
@@ -274,20 +315,10 @@ impl Counters {
         if let Some(c) = self.map.get(&key) {
             return Arc::clone(&c);
         }
-        let entry = self.map.entry(key).or_insert_with(|| {
-            Arc::new(Counter {
-                used: AtomicU64::new(0),
-                pending: AtomicU64::new(0),
-                lease: AtomicU64::new(0),
-                lease_drawn_ms: AtomicI64::new(0),
-                persisted: AtomicU64::new(0),
-                last_used_ms: AtomicI64::new(0),
-                last_used_persisted_ms: AtomicI64::new(0),
-                window,
-                loaded: AtomicBool::new(false),
-                load_retry_ms: AtomicI64::new(0),
-            })
-        });
+        let entry = self
+            .map
+            .entry(key)
+            .or_insert_with(|| Arc::new(Counter::new(window)));
         Arc::clone(&entry)
     }
 
@@ -296,24 +327,24 @@ impl Counters {
     /// a later charge retries (at most once a second), adding it then.
     async fn load(&self, id: Uuid, counter: &Counter, now: DateTime<Utc>) {
         let _guard = self.stripe(id).lock().await;
-        if counter.loaded.load(Ordering::Acquire)
-            || counter.load_retry_ms.load(Ordering::Relaxed) > now.timestamp_millis()
-        {
+        // LOADED, or a failed load's retry time not reached yet.
+        if counter.load_state.load(Ordering::Acquire) > now.timestamp_millis() {
             return;
         }
         let store = self.store.clone();
-        let start = counter.window.start.timestamp();
+        let start = counter.window().start.timestamp();
         match store::run_on(&self.control, async move { store.usage(id, start).await }).await {
             Ok(stored) => {
                 counter.used.fetch_add(stored, Ordering::AcqRel);
                 counter.persisted.fetch_max(stored, Ordering::AcqRel);
-                counter.loaded.store(true, Ordering::Release);
+                counter.load_state.store(LOADED, Ordering::Release);
             }
             Err(e) => {
                 tracing::warn!(error = %e, key_id = %id, "cannot read the stored quota count; counting without it for now");
+                // Only this stripe's holder sets the state, so this never hides LOADED.
                 counter
-                    .load_retry_ms
-                    .store(now.timestamp_millis() + 1000, Ordering::Relaxed);
+                    .load_state
+                    .store(now.timestamp_millis() + 1000, Ordering::Release);
             }
         }
     }
@@ -338,7 +369,7 @@ impl Counters {
             if units == 0 {
                 continue;
             }
-            match redis::release(redis, id, c.window, units).await {
+            match redis::release(redis, id, c.window(), units).await {
                 // What this process knows of the shared count is still an upper bound.
                 Ok(_) => {}
                 Err(e) => {
@@ -356,34 +387,48 @@ impl Counters {
     /// before `now`.
     ///
     /// # Errors
-    /// When the store write fails; nothing is marked written then, so the next flush retries.
+    /// When the store write fails; what that statement carried is not marked written
+    /// then, so the next flush retries it.
     pub async fn flush(&self, now: DateTime<Utc>) -> Result<(), store::Error> {
         self.release_leases(Some(now.timestamp_millis() - 1000)).await;
         self.reconcile().await;
+        let dirty: Vec<_> = self
+            .map
+            .iter()
+            .filter(|e| {
+                let c = e.value();
+                c.used_here() != c.persisted.load(Ordering::Acquire)
+                    || c.last_used_ms.load(Ordering::Relaxed)
+                        > c.last_used_persisted_ms.load(Ordering::Relaxed)
+            })
+            .map(|e| (*e.key(), Arc::clone(e.value())))
+            .collect();
+        // In statements of at most FLUSH_CHUNK keys: what a statement needs (its rows,
+        // their JSON or arrays, the database's parse of them) stays small however many
+        // keys were used since the last flush, and so does what the allocator keeps.
         let mut usage = Vec::new();
         let mut last_used = Vec::new();
-        let mut marks = Vec::new();
-        for entry in &self.map {
-            let ((id, start), c) = entry.pair();
-            let used = c.used_here();
-            let seen = c.last_used_ms.load(Ordering::Relaxed);
-            let dirty_usage = used != c.persisted.load(Ordering::Acquire);
-            let dirty_seen = seen > c.last_used_persisted_ms.load(Ordering::Relaxed);
-            if dirty_usage {
-                usage.push(UsageRow {
-                    key_id: *id,
-                    period_start: *start,
-                    used,
-                });
+        for chunk in dirty.chunks(FLUSH_CHUNK) {
+            usage.clear();
+            last_used.clear();
+            let mut marks = Vec::with_capacity(chunk.len());
+            for ((id, start), c) in chunk {
+                let used = c.used_here();
+                let seen = c.last_used_ms.load(Ordering::Relaxed);
+                if used != c.persisted.load(Ordering::Acquire) {
+                    usage.push(UsageRow {
+                        key_id: *id,
+                        period_start: *start,
+                        used,
+                    });
+                }
+                if seen > c.last_used_persisted_ms.load(Ordering::Relaxed)
+                    && let Some(at) = Utc.timestamp_millis_opt(seen).single()
+                {
+                    last_used.push((*id, at));
+                }
+                marks.push((c, used, seen));
             }
-            if dirty_seen && let Some(at) = Utc.timestamp_millis_opt(seen).single() {
-                last_used.push((*id, at));
-            }
-            if dirty_usage || dirty_seen {
-                marks.push((Arc::clone(c), used, seen));
-            }
-        }
-        if !marks.is_empty() {
             self.store.flush(&usage, &last_used).await?;
             for (c, used, seen) in marks {
                 c.persisted.fetch_max(used, Ordering::AcqRel);
@@ -392,7 +437,7 @@ impl Counters {
         }
         let now_ms = now.timestamp_millis();
         self.map.retain(|_, c| {
-            c.window.end.timestamp_millis() > now_ms
+            c.window_end_ns / 1_000_000 > now_ms
                 || c.pending.load(Ordering::Acquire) > 0
                 || c.lease.load(Ordering::Acquire) > 0
                 || c.used_here() != c.persisted.load(Ordering::Acquire)
@@ -415,7 +460,7 @@ impl Counters {
         for (id, c) in pending {
             let units = c.pending.load(Ordering::Acquire);
             let seed = seed(&c);
-            match redis::charge(redis, id, c.window, units, u64::MAX, seed).await {
+            match redis::charge(redis, id, c.window(), units, u64::MAX, seed).await {
                 Ok(charged) => {
                     c.pending.fetch_sub(units, Ordering::AcqRel);
                     c.used.fetch_max(charged.used, Ordering::AcqRel);
@@ -461,4 +506,32 @@ fn charge_local(counter: &Counter, cost: u64, limit: u64) -> Option<u64> {
         })
         .ok()
         .map(|before| before + cost)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_counter_keeps_its_period_exactly_in_80_bytes() {
+        assert_eq!(
+            std::mem::size_of::<Counter>(),
+            80,
+            "one allocator size class with its Arc"
+        );
+        let start = Utc
+            .with_ymd_and_hms(2026, 11, 1, 0, 0, 0)
+            .single()
+            .expect("a date")
+            + chrono::Duration::nanoseconds(123_456_789);
+        let window = Window {
+            start,
+            end: start + chrono::Duration::days(30),
+        };
+        let c = Counter::new(window);
+        assert_eq!(c.window(), window);
+        assert!(!c.loaded());
+        c.load_state.store(LOADED, Ordering::Release);
+        assert!(c.loaded());
+    }
 }

@@ -34,7 +34,11 @@ impl Sqlite {
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
-            .busy_timeout(Duration::from_secs(5));
+            .busy_timeout(Duration::from_secs(5))
+            // SQLite's page cache is per connection (2 MiB each by default). keygate's
+            // hot data lives in L1, so the store is read on cache misses and by the
+            // admin API; the OS page cache keeps the file warm either way.
+            .pragma("cache_size", "-512");
         // An in-memory database exists per connection, so it gets exactly one.
         let max = if url.contains(":memory:") || url.contains("mode=memory") {
             1
