@@ -68,3 +68,10 @@ impl Clock for ManualClock {
 
 /// The clock handle passed around the crate.
 pub type SharedClock = Arc<dyn Clock>;
+
+/// `at` in unix nanoseconds, for times kept as one integer; outside 1677-2262 (what
+/// an `i64` holds) the nearest end, which orders the same against any time in that span.
+pub fn unix_nanos(at: DateTime<Utc>) -> i64 {
+    at.timestamp_nanos_opt()
+        .unwrap_or(if at.timestamp() < 0 { i64::MIN } else { i64::MAX })
+}

@@ -158,8 +158,7 @@ impl Redis {
             None => Ok(Lookup::Miss),
             Some(NEGATIVE) => Ok(Lookup::Negative),
             Some(json) => {
-                let mut record: KeyRecord = serde_json::from_str(json).map_err(Error::Decode)?;
-                record.hash = *hash;
+                let record: KeyRecord = serde_json::from_str(json).map_err(Error::Decode)?;
                 Ok(Lookup::Hit(Arc::new(CachedKey::from(&record))))
             }
         }

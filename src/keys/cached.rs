@@ -15,6 +15,7 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::record::{KeyRecord, Restrictions, Status};
+use crate::clock::unix_nanos;
 
 /// A key as the caches hold it: 144 bytes, so that with its reference counts it
 /// fits mimalloc's 160-byte size class (times as unix nanoseconds, the quota limit
@@ -53,16 +54,13 @@ const NEVER: i64 = i64::MAX;
 impl CachedKey {
     /// The key's status at `now`, by the rule of [`KeyRecord::status`].
     pub fn status(&self, now: DateTime<Utc>) -> Status {
-        let now = nanos(now);
-        if self.revoked_at_ns <= now {
-            Status::Revoked
-        } else if self.flags & PAUSED != 0 {
-            Status::Paused
-        } else if self.expires_at_ns <= now {
-            Status::Expired
-        } else {
-            Status::Active
-        }
+        let set = |ns: i64| (ns != NEVER).then_some(ns);
+        Status::at(
+            set(self.revoked_at_ns),
+            self.flags & PAUSED != 0,
+            set(self.expires_at_ns),
+            unix_nanos(now),
+        )
     }
 
     /// The quota limit overriding the configured default, if the key has one.
@@ -98,19 +96,12 @@ impl From<&KeyRecord> for CachedKey {
             scopes: intern_scopes(&record.scopes),
             restrictions,
             quota_limit: record.quota_limit.unwrap_or_default(),
-            created_at_ns: nanos(record.created_at),
-            expires_at_ns: record.expires_at.map_or(NEVER, nanos),
-            revoked_at_ns: record.revoked_at.map_or(NEVER, nanos),
+            created_at_ns: unix_nanos(record.created_at),
+            expires_at_ns: record.expires_at.map_or(NEVER, unix_nanos),
+            revoked_at_ns: record.revoked_at.map_or(NEVER, unix_nanos),
             flags: (u8::from(record.paused) * PAUSED) | (u8::from(record.quota_limit.is_some()) * OWN_QUOTA),
         }
     }
-}
-
-/// `at` in unix nanoseconds; outside 1677-2262 (what an i64 holds) the nearest end,
-/// which orders the same against any time in that span.
-fn nanos(at: DateTime<Utc>) -> i64 {
-    at.timestamp_nanos_opt()
-        .unwrap_or(if at.timestamp() < 0 { i64::MIN } else { i64::MAX })
 }
 
 /// A set of shared values: `get` hands out the one instance equal to its argument.

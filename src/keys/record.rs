@@ -259,14 +259,10 @@ pub enum Status {
 }
 
 impl Status {
-    /// The status at `now` of a key revoked, paused and expiring as given: revocation
+    /// The status at `now` of a key revoked, paused and expiring as given (times of
+    /// any one kind: `DateTime`s, or the cache's integer nanoseconds): revocation
     /// wins over pause, pause over expiry.
-    pub fn at(
-        revoked_at: Option<DateTime<Utc>>,
-        paused: bool,
-        expires_at: Option<DateTime<Utc>>,
-        now: DateTime<Utc>,
-    ) -> Self {
+    pub fn at<T: PartialOrd>(revoked_at: Option<T>, paused: bool, expires_at: Option<T>, now: T) -> Self {
         if revoked_at.is_some_and(|at| at <= now) {
             Self::Revoked
         } else if paused {

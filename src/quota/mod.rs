@@ -124,7 +124,7 @@ const LOADED: i64 = i64::MAX;
 
 impl Counter {
     fn new(window: Window) -> Self {
-        let ns = |at: DateTime<Utc>| at.timestamp_nanos_opt().unwrap_or(i64::MAX);
+        let ns = crate::clock::unix_nanos;
         Self {
             used: AtomicU64::new(0),
             pending: AtomicU64::new(0),
