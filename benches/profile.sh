@@ -4,6 +4,7 @@
 #
 #   benches/profile.sh                 # SECS=10
 #   CALLGRAPH=dwarf benches/profile.sh  # call stacks without frame pointers (bigger perf.data)
+#   KEYGATE=/tmp/keygate-before benches/profile.sh  # profile another build
 #   CALLGRIND=1 benches/profile.sh     # instead: valgrind --tool=callgrind instruction
 #                                      # counts for REQS (20000) requests, repeatable
 #
@@ -18,6 +19,7 @@ SECS="${SECS:-10}" NKEYS="${NKEYS:-1000}" REQS="${REQS:-20000}"
 LUA="${ANCHORS:-$ROOT/../shared/bench-anchors}/wrk-keys.lua"
 [ -f "$LUA" ] || { echo "profile.sh: $LUA not found (set ANCHORS)" >&2; exit 1; }
 source "$ROOT/benches/rig.sh"
+BIN="${KEYGATE:-$T/keygate}"
 OUT=/tmp/kg-profile.out
 mkdir -p "$OUT"
 items_config "$PX" "$AD" "$TMP/k.db" >"$TMP/keygate.toml"
@@ -27,7 +29,7 @@ ready() { for ((i = 0; i < 600; i++)); do curl -s -o /dev/null "http://127.0.0.1
 
 if [ "${CALLGRIND:-0}" = 1 ]; then
     RUST_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$OUT/callgrind.out" \
-        "$T/keygate" serve --config "$TMP/keygate.toml" >"$TMP/k.log" 2>&1 & PIDS+=($!); PID=$!
+        "$BIN" serve --config "$TMP/keygate.toml" >"$TMP/k.log" 2>&1 & PIDS+=($!); PID=$!
     ready
     # A fixed number of requests (wrk counts time, not requests): one connection, keys rotated.
     python3 - "$PX" "$TMP/keys.txt" "$REQS" <<'PY'
@@ -41,11 +43,20 @@ for i in range(n):
 PY
     kill -INT "$PID"; wait "$PID" 2>/dev/null || true
     callgrind_annotate "$OUT/callgrind.out" 2>/dev/null | head -60 || true
-    echo "instructions per request: $(awk '/^summary:/ {print int($2 / '"$REQS"')}' "$OUT/callgrind.out") (start-up included)"
+    echo "instructions per request: $(awk '/^summary:/ {print int($2 / '"$REQS"')}' "$OUT/callgrind.out") (start-up and timers included)"
+    # The data path alone (client connection tasks, which run the handler, and upstream
+    # connection tasks): steadier than the total, which the once-a-second work of the
+    # control thread inflates under valgrind's slowdown.
+    callgrind_annotate --inclusive=yes "$OUT/callgrind.out" 2>/dev/null |
+        awk -v n="$REQS" '/keygate::proxy::worker::\{\{closure\}\}::\{\{closure\}\} / {gsub(",", "", $1); c = $1}
+            /keygate::proxy::forward::connect::\{\{closure\}\}::\{\{closure\}\} / {gsub(",", "", $1); u = $1}
+            /keygate::proxy::handle::\{\{closure\}\} / {gsub(",", "", $1); h = $1}
+            END {printf "data path instructions per request: %d (client connections %d, of which the handler %d; upstream connections %d)\n", (c + u) / n, c / n, h / n, u / n}'
+
     exit 0
 fi
 
-RUST_LOG=warn "$T/keygate" serve --config "$TMP/keygate.toml" >"$TMP/k.log" 2>&1 & PIDS+=($!); PID=$!
+RUST_LOG=warn "$BIN" serve --config "$TMP/keygate.toml" >"$TMP/k.log" 2>&1 & PIDS+=($!); PID=$!
 ready
 wrk_run 2 "$LUA" "$URL" "$TMP/keys.txt" >/dev/null   # warm L1 and the upstream pool
 wrk -t1 -c64 -d"$((SECS + 4))s" -s "$LUA" "$URL" -- "$TMP/keys.txt" >"$TMP/wrk.txt" &
