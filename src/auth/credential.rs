@@ -187,6 +187,10 @@ pub fn classify<'t>(token: &'t str, format: &Format) -> Result<Parsed<'t>, Rejec
 
 /// A JWS compact serialisation: three base64url parts, the header starting `eyJ` (`{"`).
 fn looks_like_jwt(token: &str) -> bool {
+    // Every key is checked: most are not JWTs, and say so in three bytes.
+    if !token.starts_with("eyJ") {
+        return false;
+    }
     let mut parts = token.split('.');
     let is_b64 = |p: &str| {
         p.bytes()

@@ -296,23 +296,42 @@ pub fn segments(path: &str) -> Result<Vec<Cow<'_, str>>, Rejection> {
             Err(Rejection::InvalidPath)
         };
     }
-    rest.split('/').map(decode_segment).collect()
+    // Split and checked byte by byte in one pass: this runs on every request, and
+    // `str::split` plus a search per rule cost more than the match itself.
+    let mut segs = Vec::with_capacity(8);
+    let mut start = 0;
+    for (i, b) in rest.bytes().enumerate() {
+        if b == b'/' {
+            segs.push(decode_segment(&rest[start..i])?);
+            start = i + 1;
+        }
+    }
+    segs.push(decode_segment(&rest[start..])?);
+    Ok(segs)
 }
 
 fn decode_segment(raw: &str) -> Result<Cow<'_, str>, Rejection> {
+    let bytes = raw.as_bytes();
     // Servlet containers (Tomcat, Jetty, Spring) drop `;params` from each segment
     // before resolving dot segments, so `..;x` would be `..` upstream.
-    let before_params = raw.split(';').next().unwrap_or(raw);
-    if before_params.is_empty() || before_params == "." || before_params == ".." {
+    let mut params_at = None;
+    let mut encoded = false;
+    for (i, &b) in bytes.iter().enumerate() {
+        match b {
+            b'\\' => return Err(Rejection::InvalidPath),
+            b';' if params_at.is_none() => params_at = Some(i),
+            b'%' => encoded = true,
+            _ if b.is_ascii_control() => return Err(Rejection::InvalidPath),
+            _ => {}
+        }
+    }
+    let before_params = &bytes[..params_at.unwrap_or(bytes.len())];
+    if matches!(before_params, b"" | b"." | b"..") {
         return Err(Rejection::InvalidPath);
     }
-    if raw.bytes().any(|b| b == b'\\' || b.is_ascii_control()) {
-        return Err(Rejection::InvalidPath);
-    }
-    if !raw.contains('%') {
+    if !encoded {
         return Ok(Cow::Borrowed(raw));
     }
-    let bytes = raw.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {

@@ -115,7 +115,7 @@ pub(super) fn allow(
     let h = resp.headers_mut();
     headers::insert_identity(h, &settings.identity, grant.key.as_deref());
     headers::prepare_response(h, grant.usage.as_ref(), request_id, now);
-    settings.sign(&asked.method, &asked.uri, h, now);
+    settings.sign(&asked.method, &asked.uri, h, || now);
     resp
 }
 

@@ -2,8 +2,8 @@
 //! every client-sent identity header), what keygate adds (identity, request id,
 //! `X-Forwarded-*`), and the quota headers on responses.
 
-use std::cell::Cell;
-use std::net::SocketAddr;
+use std::cell::{Cell, RefCell};
+use std::net::{IpAddr, SocketAddr};
 
 use chrono::{DateTime, Utc};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -88,6 +88,14 @@ impl Identity {
     }
 }
 
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
+const RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");
+const RATELIMIT_RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
+
 const HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
@@ -167,7 +175,7 @@ pub fn prepare_request(
             let ours = identity.is_identity(n) || is_underscored_credential(n, key_header);
             spoofed += usize::from(ours);
             let credential = !fwd.keep_credentials && (n == header::AUTHORIZATION || Some(n) == key_header);
-            ours || credential || n == "x-forwarded-host"
+            ours || credential || n == X_FORWARDED_HOST
         })
         .cloned()
         .collect();
@@ -182,15 +190,12 @@ pub fn prepare_request(
     }
     insert_identity(headers, identity, fwd.key);
     if let Some(host) = host {
-        headers.insert(HeaderName::from_static("x-forwarded-host"), host);
+        headers.insert(X_FORWARDED_HOST, host);
     }
     headers.insert(header::HOST, fwd.host.clone());
-    headers.insert(
-        HeaderName::from_static("x-forwarded-proto"),
-        HeaderValue::from_static("http"),
-    );
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
     append_forwarded_for(headers, fwd.peer);
-    headers.insert(HeaderName::from_static("x-request-id"), fwd.request_id.clone());
+    headers.insert(X_REQUEST_ID, fwd.request_id.clone());
 }
 
 /// The key header spelled with `_` for some `-` (`X_API_Key`).
@@ -227,22 +232,42 @@ pub fn insert_identity(headers: &mut HeaderMap, identity: &Identity, key: Option
     }
 }
 
+thread_local! {
+    // The last peer address and its text: a worker's clients are mostly one address
+    // (a load balancer, the pod's own loopback), and formatting it is not free.
+    static PEER_TEXT: RefCell<Option<(IpAddr, HeaderValue)>> = const { RefCell::new(None) };
+}
+
+fn peer_value(ip: IpAddr) -> Option<HeaderValue> {
+    PEER_TEXT.with_borrow_mut(|last| {
+        if let Some((seen, value)) = last.as_ref()
+            && *seen == ip
+        {
+            return Some(value.clone());
+        }
+        let value = HeaderValue::from_str(&ip.to_string()).ok()?;
+        *last = Some((ip, value.clone()));
+        Some(value)
+    })
+}
+
 /// Appends the peer to `X-Forwarded-For` (the rightmost entry is the one keygate saw).
 fn append_forwarded_for(headers: &mut HeaderMap, peer: SocketAddr) {
-    let name = HeaderName::from_static("x-forwarded-for");
-    let ip = peer.ip().to_string();
+    let Some(ip) = peer_value(peer.ip()) else {
+        return;
+    };
     let prior: Vec<&str> = headers
-        .get_all(&name)
+        .get_all(X_FORWARDED_FOR)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .collect();
-    let value = if prior.is_empty() {
-        ip
-    } else {
-        format!("{}, {ip}", prior.join(", "))
-    };
+    if prior.is_empty() {
+        headers.insert(X_FORWARDED_FOR, ip);
+        return;
+    }
+    let value = format!("{}, {}", prior.join(", "), String::from_utf8_lossy(ip.as_bytes()));
     if let Ok(v) = HeaderValue::from_str(&value) {
-        headers.insert(name, v);
+        headers.insert(X_FORWARDED_FOR, v);
     }
 }
 
@@ -263,28 +288,19 @@ pub fn prepare_response(
             crate::quota::seconds_until(usage.reset_at, now),
         );
     }
-    headers.insert(HeaderName::from_static("x-request-id"), request_id.clone());
+    headers.insert(X_REQUEST_ID, request_id.clone());
 }
 
 /// Sets `RateLimit-Limit`, `RateLimit-Remaining` and `RateLimit-Reset` (seconds).
 pub fn insert_rate_limit(headers: &mut HeaderMap, limit: u64, remaining: u64, reset_secs: u64) {
-    headers.insert(
-        HeaderName::from_static("ratelimit-limit"),
-        HeaderValue::from(limit),
-    );
-    headers.insert(
-        HeaderName::from_static("ratelimit-remaining"),
-        HeaderValue::from(remaining),
-    );
-    headers.insert(
-        HeaderName::from_static("ratelimit-reset"),
-        HeaderValue::from(reset_secs),
-    );
+    headers.insert(RATELIMIT_LIMIT, HeaderValue::from(limit));
+    headers.insert(RATELIMIT_REMAINING, HeaderValue::from(remaining));
+    headers.insert(RATELIMIT_RESET, HeaderValue::from(reset_secs));
 }
 
 /// The request id: the client's `X-Request-Id` when it is short and plain, else a new one.
 pub fn request_id(headers: &HeaderMap) -> HeaderValue {
-    if let Some(v) = headers.get("x-request-id")
+    if let Some(v) = headers.get(X_REQUEST_ID)
         && (1..=128).contains(&v.len())
         && v.as_bytes()
             .iter()
@@ -312,7 +328,15 @@ fn new_request_id() -> HeaderValue {
         ids.set((base, n.wrapping_add(1)));
         (base, n)
     });
-    HeaderValue::from_str(&format!("{base:016x}{n:016x}")).unwrap_or_else(|_| HeaderValue::from_static("0"))
+    // 32 lowercase hex digits, written directly: `format!` costs more than the rest
+    // of the id.
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut text = [0u8; 32];
+    for (i, digit) in text.iter_mut().enumerate() {
+        let word = if i < 16 { base } else { n };
+        *digit = HEX[((word >> (60 - 4 * (i % 16))) & 0xf) as usize];
+    }
+    HeaderValue::from_bytes(&text).unwrap_or_else(|_| HeaderValue::from_static("0"))
 }
 
 fn uuid_value(key: &CachedKey) -> HeaderValue {
@@ -449,5 +473,45 @@ mod tests {
         h.insert("x-request-id", HeaderValue::from_static("has space"));
         assert_ne!(request_id(&h), "has space");
         assert_ne!(new_request_id(), new_request_id());
+    }
+
+    #[test]
+    fn new_request_ids_are_a_thread_base_and_a_counter_in_32_hex_digits() {
+        let (a, b) = (new_request_id(), new_request_id());
+        let parts = |v: &HeaderValue| {
+            let text = v.to_str().expect("text");
+            assert_eq!(text.len(), 32, "{text}");
+            let word = |s| u64::from_str_radix(s, 16).expect("hex");
+            (word(&text[..16]), word(&text[16..]))
+        };
+        let ((base_a, n_a), (base_b, n_b)) = (parts(&a), parts(&b));
+        assert_eq!(base_a, base_b);
+        assert_eq!(base_a & 1, 1, "the base is never zero");
+        assert_eq!(n_b, n_a + 1);
+        assert!(
+            a.to_str()
+                .expect("text")
+                .bytes()
+                .all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'))
+        );
+    }
+
+    #[test]
+    fn x_forwarded_for_gets_the_peer_appended_whichever_peer_came_before() {
+        let peer = |ip: [u8; 4], prior: Option<&'static str>| {
+            let mut h = HeaderMap::new();
+            if let Some(p) = prior {
+                h.insert("x-forwarded-for", HeaderValue::from_static(p));
+            }
+            append_forwarded_for(&mut h, SocketAddr::from((ip, 1)));
+            h["x-forwarded-for"].clone()
+        };
+        assert_eq!(peer([10, 0, 0, 1], None), "10.0.0.1");
+        // The per-thread text of the last peer is not reused for another one.
+        assert_eq!(peer([10, 0, 0, 2], None), "10.0.0.2");
+        assert_eq!(peer([10, 0, 0, 2], Some("203.0.113.9")), "203.0.113.9, 10.0.0.2");
+        let mut h = HeaderMap::new();
+        append_forwarded_for(&mut h, "[2001:db8::1]:80".parse().expect("addr"));
+        assert_eq!(h["x-forwarded-for"], "2001:db8::1");
     }
 }

@@ -77,17 +77,18 @@ pub struct Settings {
 
 impl Settings {
     /// With `[identity] signing_key` set, adds the signature over `method`, `uri`'s
-    /// path and query, and the identity and request id already in `headers`.
+    /// path and query, and the identity and request id already in `headers`; `now`
+    /// is asked only then.
     pub(crate) fn sign(
         &self,
         method: &http::Method,
         uri: &http::Uri,
         headers: &mut HeaderMap,
-        now: DateTime<Utc>,
+        now: impl FnOnce() -> DateTime<Utc>,
     ) {
         if let Some(signer) = &self.signer {
             let target = uri.path_and_query().map_or("/", |p| p.as_str());
-            let value = signer.sign(&self.identity, method, target, headers, now.timestamp());
+            let value = signer.sign(&self.identity, method, target, headers, now().timestamp());
             headers.insert(self.identity.signature().clone(), value);
         }
     }
@@ -535,7 +536,9 @@ async fn handle(shared: &Shared, peer: SocketAddr, req: Request<Incoming>) -> Re
             keep_credentials: grant.auth == auth::AuthMethod::Passed,
         },
     );
-    settings.sign(&parts.method, &parts.uri, &mut parts.headers, shared.clock.now());
+    settings.sign(&parts.method, &parts.uri, &mut parts.headers, || {
+        shared.clock.now()
+    });
     let limits = forward::Limits {
         connect: settings.connect_timeout,
         response: settings.response_timeout,
