@@ -5,6 +5,7 @@
 #   benches/profile.sh                 # SECS=10
 #   CALLGRAPH=dwarf benches/profile.sh  # call stacks without frame pointers (bigger perf.data)
 #   KEYGATE=/tmp/keygate-before benches/profile.sh  # profile another build
+#   REDIS=1 benches/profile.sh         # Redis mode (L2, leased quota; a private redis-server)
 #   CALLGRIND=1 benches/profile.sh     # instead: valgrind --tool=callgrind instruction
 #                                      # counts for REQS (20000) requests, repeatable
 #
@@ -23,6 +24,12 @@ BIN="${KEYGATE:-$T/keygate}"
 OUT=/tmp/kg-profile.out
 mkdir -p "$OUT"
 items_config "$PX" "$AD" "$TMP/k.db" >"$TMP/keygate.toml"
+if [ "${REDIS:-0}" = 1 ]; then   # Redis mode: L2 and leased quota in a private redis-server
+    RP=$(port)
+    redis-server --port "$RP" --bind 127.0.0.1 --save '' --appendonly no >"$TMP/redis.log" 2>&1 & PIDS+=($!)
+    for ((i = 0; i < 100; i++)); do redis-cli -p "$RP" ping >/dev/null 2>&1 && break; sleep 0.05; done
+    printf '\n[redis]\nurl = "redis://127.0.0.1:%s"\n' "$RP" >>"$TMP/keygate.toml"
+fi
 for ((i = 0; i < NKEYS; i++)); do key --name "p-$i" --org acme --scopes read; done >"$TMP/keys.txt"
 URL="http://127.0.0.1:$PX/v1/orgs/acme/items/1"
 ready() { for ((i = 0; i < 600; i++)); do curl -s -o /dev/null "http://127.0.0.1:$PX/" && return; sleep 0.05; done; }
