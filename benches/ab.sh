@@ -7,7 +7,7 @@
 #   A=/tmp/keygate-before benches/ab.sh               # ROUNDS=5 SECS=10 by default
 #
 # Both serve the same config (embedded SQLite store, local quota, 2 workers, access
-# log off, the items route of benches/load.sh) from their own copy of one store with
+# log off unless RUST_LOG=info, the items route of benches/load.sh) from their own copy of one store with
 # NKEYS keys, in front of the same 1-thread upstream. Each round runs wrk -t1 -c64
 # with the keys rotated (bench-anchors' wrk-keys.lua) against A, then B, so drift on
 # a shared machine hits both alike. It prints per round and as medians: req/s, p99
@@ -30,8 +30,8 @@ items_config "$PA" "$AA" "$TMP/a.db" >"$TMP/keygate.toml"
 items_config "$PB" "$AB" "$TMP/b.db" >"$TMP/b.toml"
 for ((i = 0; i < NKEYS; i++)); do key --name "ab-$i" --org acme --scopes read; done >"$TMP/keys.txt"
 cp "$TMP/a.db" "$TMP/b.db"
-RUST_LOG=warn "$A" serve --config "$TMP/keygate.toml" >"$TMP/a.log" 2>&1 & PIDS+=($!); PIDA=$!
-RUST_LOG=warn "$B" serve --config "$TMP/b.toml" >"$TMP/b.log" 2>&1 & PIDS+=($!); PIDB=$!
+RUST_LOG="${RUST_LOG:-warn}" "$A" serve --config "$TMP/keygate.toml" >"$TMP/a.log" 2>&1 & PIDS+=($!); PIDA=$!
+RUST_LOG="${RUST_LOG:-warn}" "$B" serve --config "$TMP/b.toml" >"$TMP/b.log" 2>&1 & PIDS+=($!); PIDB=$!
 for p in "$PA" "$PB"; do
     for ((i = 0; i < 100; i++)); do curl -s -o /dev/null "http://127.0.0.1:$p/" && break; sleep 0.05; done
 done

@@ -63,7 +63,7 @@ PY
     exit 0
 fi
 
-RUST_LOG=warn "$BIN" serve --config "$TMP/keygate.toml" >"$TMP/k.log" 2>&1 & PIDS+=($!); PID=$!
+RUST_LOG="${RUST_LOG:-warn}" "$BIN" serve --config "$TMP/keygate.toml" >"$TMP/k.log" 2>&1 & PIDS+=($!); PID=$!
 ready
 wrk_run 2 "$LUA" "$URL" "$TMP/keys.txt" >/dev/null   # warm L1 and the upstream pool
 wrk -t1 -c64 -d"$((SECS + 4))s" -s "$LUA" "$URL" -- "$TMP/keys.txt" >"$TMP/wrk.txt" &

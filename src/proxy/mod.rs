@@ -247,12 +247,29 @@ pub fn start(
                         return;
                     }
                 };
-                runtime.block_on(worker(listener, shared, stopped));
+                // Access lines collect per worker and go to the log writer in batches.
+                crate::telemetry::logs::batch_this_thread();
+                runtime.block_on(async {
+                    tokio::spawn(flush_logs());
+                    worker(listener, shared, stopped).await;
+                });
+                crate::telemetry::logs::flush_thread();
             })?;
         threads.push(thread);
     }
     tracing::info!(%addr, workers, "proxy listening");
     Ok(Running { addr, stop, threads })
+}
+
+/// Hands the worker's collected log lines to the writer every
+/// [`FLUSH_EVERY`](crate::telemetry::logs::FLUSH_EVERY).
+async fn flush_logs() {
+    let mut tick = tokio::time::interval(crate::telemetry::logs::FLUSH_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        crate::telemetry::logs::flush_thread();
+    }
 }
 
 fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {

@@ -1,13 +1,26 @@
 //! Log setup: human lines or JSON on stderr, filtered by `RUST_LOG`.
 //!
-//! Lines are formatted on the thread that logs and written by one background thread
-//! (`tracing-appender`) through a buffer, so a request never waits on a `write`
-//! syscall and a burst of access lines costs one syscall per batch, not per line.
-//! If stderr cannot keep up and 128 k lines are queued, new lines are dropped
-//! rather than slowing the data plane.
+//! Lines are formatted on the thread that logs and written to stderr by one
+//! background thread (`keygate-log`), so a request never waits on a `write` syscall.
+//! The proxy's worker threads, which write an access line per request, collect
+//! their lines in a per-thread buffer that goes to the writer whole: at 32 KiB, and
+//! at least every 100 ms from the worker's own tick ([`batch_this_thread`],
+//! [`flush_thread`]). A busy worker thus wakes the writer a few times a second, and
+//! the writer makes one `write` per buffer, where a hand-off per line cost a wake-up
+//! and often a `write` per line (`docs/performance.md`). Other threads hand over
+//! each line at once. An access line reaches stderr at most about 100 ms after its
+//! request. If the writer falls 256 hand-offs behind, new ones are dropped (and
+//! counted in a line of their own) rather than slowing the data plane.
 
-use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
+use std::cell::RefCell;
+use std::io::Write as _;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
+use std::time::Duration;
+
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::MakeWriter;
 
 /// Log line format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -19,25 +32,190 @@ pub enum LogFormat {
     Json,
 }
 
-/// Keeps the log writer running; dropping it writes out every queued line.
+/// A worker's buffer goes to the writer when it holds this much.
+const BATCH: usize = 32 * 1024;
+/// Hand-offs queued for the writer before new ones are dropped.
+const QUEUE: usize = 256;
+/// How often a batching thread is expected to call [`flush_thread`].
+pub const FLUSH_EVERY: Duration = Duration::from_millis(100);
+
+enum Message {
+    Lines(Vec<u8>),
+    /// Everything sent before it is written: answer on the channel.
+    Flushed(SyncSender<()>),
+}
+
+static WRITER: OnceLock<SyncSender<Message>> = OnceLock::new();
+static DROPPED: AtomicU64 = AtomicU64::new(0);
+
+thread_local! {
+    /// `Some` on threads that batch their lines.
+    static PENDING: RefCell<Option<Vec<u8>>> = const { RefCell::new(None) };
+}
+
+fn hand_over(lines: Vec<u8>) {
+    if let Some(writer) = WRITER.get()
+        && let Err(TrySendError::Full(_)) = writer.try_send(Message::Lines(lines))
+    {
+        DROPPED.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Makes this thread's log lines collect in a buffer, handed to the writer at
+/// 32 KiB or by [`flush_thread`], which the thread must call every
+/// [`FLUSH_EVERY`] and before it ends.
+pub fn batch_this_thread() {
+    PENDING.with_borrow_mut(|pending| {
+        pending.get_or_insert_with(|| Vec::with_capacity(BATCH));
+    });
+}
+
+/// Hands this thread's collected lines to the writer.
+pub fn flush_thread() {
+    let lines = PENDING.with_borrow_mut(|pending| match pending {
+        Some(buf) if !buf.is_empty() => Some(std::mem::replace(buf, Vec::with_capacity(BATCH))),
+        _ => None,
+    });
+    if let Some(lines) = lines {
+        hand_over(lines);
+    }
+}
+
+/// What the formatter writes each line to.
+struct LineWriter;
+
+impl std::io::Write for LineWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        enum Kept {
+            No,
+            Yes,
+            Full(Vec<u8>),
+        }
+        let kept = PENDING.with_borrow_mut(|pending| match pending {
+            None => Kept::No,
+            Some(pending) => {
+                pending.extend_from_slice(buf);
+                if pending.len() >= BATCH {
+                    Kept::Full(std::mem::replace(pending, Vec::with_capacity(BATCH)))
+                } else {
+                    Kept::Yes
+                }
+            }
+        });
+        match kept {
+            Kept::No => hand_over(buf.to_vec()),
+            Kept::Full(full) => hand_over(full),
+            Kept::Yes => {}
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+struct Lines;
+
+impl<'a> MakeWriter<'a> for Lines {
+    type Writer = LineWriter;
+
+    fn make_writer(&'a self) -> LineWriter {
+        LineWriter
+    }
+}
+
+fn write_out(messages: &Receiver<Message>) {
+    for message in messages {
+        let dropped = DROPPED.swap(0, Ordering::Relaxed);
+        let mut err = std::io::stderr();
+        if dropped > 0 {
+            let _ = writeln!(
+                err,
+                "keygate: the log writer fell behind; {dropped} batches of log lines were dropped"
+            );
+        }
+        match message {
+            Message::Lines(lines) => {
+                let _ = err.write_all(&lines);
+            }
+            Message::Flushed(done) => {
+                let _ = done.send(());
+            }
+        }
+    }
+}
+
+/// Keeps the log writer running; dropping it writes out every line handed over
+/// so far (waiting at most 2 s).
 #[must_use = "dropping the guard stops the log writer"]
-pub struct Guard(#[allow(dead_code)] WorkerGuard);
+pub struct Guard(());
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        flush_thread();
+        if let Some(writer) = WRITER.get() {
+            let (done, flushed) = std::sync::mpsc::sync_channel(1);
+            if writer.send(Message::Flushed(done)).is_ok() {
+                let _ = flushed.recv_timeout(Duration::from_secs(2));
+            }
+        }
+    }
+}
 
 /// Installs the global subscriber writing to stderr; `RUST_LOG` filters (default `info`).
 pub fn init(format: LogFormat) -> Guard {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let (writer, guard) = NonBlockingBuilder::default()
-        .lossy(true)
-        .thread_name("keygate-log")
-        .finish(std::io::BufWriter::with_capacity(64 * 1024, std::io::stderr()));
+    WRITER.get_or_init(|| {
+        let (writer, messages) = std::sync::mpsc::sync_channel(QUEUE);
+        let started = std::thread::Builder::new()
+            .name("keygate-log".into())
+            .spawn(move || write_out(&messages));
+        if let Err(e) = started {
+            // Without the writer every line is dropped; say so where it can be seen.
+            eprintln!("keygate: cannot start the log writer thread: {e}");
+        }
+        writer
+    });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(writer);
+        .with_writer(Lines);
     // A second init (tests) keeps the first subscriber.
     let _ = match format {
         LogFormat::Human => builder.try_init(),
         LogFormat::Json => builder.json().try_init(),
     };
-    Guard(guard)
+    Guard(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn collected() -> usize {
+        PENDING.with_borrow(|p| p.as_ref().map_or(0, Vec::len))
+    }
+
+    #[test]
+    fn a_batching_thread_keeps_its_lines_until_flushed_or_full() {
+        std::thread::spawn(|| {
+            batch_this_thread();
+            let mut w = LineWriter;
+            w.write_all(b"one line\n").expect("write");
+            assert_eq!(collected(), 9, "kept, not handed over");
+            flush_thread();
+            assert_eq!(collected(), 0, "handed over");
+            let line = vec![b'x'; 1000];
+            for _ in 0..(BATCH / line.len()) {
+                w.write_all(&line).expect("write");
+            }
+            assert!(collected() < BATCH, "handed over whole at 32 KiB");
+        })
+        .join()
+        .expect("thread");
+        // Other threads keep nothing back.
+        LineWriter.write_all(b"direct\n").expect("write");
+        assert_eq!(collected(), 0);
+    }
 }
