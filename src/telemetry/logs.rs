@@ -86,26 +86,17 @@ struct LineWriter;
 
 impl std::io::Write for LineWriter {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        enum Kept {
-            No,
-            Yes,
-            Full(Vec<u8>),
-        }
-        let kept = PENDING.with_borrow_mut(|pending| match pending {
-            None => Kept::No,
-            Some(pending) => {
+        // `Some(full)` on a batching thread, `None` elsewhere.
+        let kept = PENDING.with_borrow_mut(|pending| {
+            pending.as_mut().map(|pending| {
                 pending.extend_from_slice(buf);
-                if pending.len() >= BATCH {
-                    Kept::Full(std::mem::replace(pending, Vec::with_capacity(BATCH)))
-                } else {
-                    Kept::Yes
-                }
-            }
+                pending.len() >= BATCH
+            })
         });
         match kept {
-            Kept::No => hand_over(buf.to_vec()),
-            Kept::Full(full) => hand_over(full),
-            Kept::Yes => {}
+            None => hand_over(buf.to_vec()),
+            Some(true) => flush_thread(),
+            Some(false) => {}
         }
         Ok(buf.len())
     }
