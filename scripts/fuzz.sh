@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Fuzzes keygate's parsers with cargo-fuzz (libFuzzer): parse_key,
-# extract_credential, match_route, parse_config. The test command runs it as a
+# extract_credential, match_route, parse_config, h1_framing. The test command runs it as a
 # bounded smoke run; run it longer on demand:
 #
 #   scripts/fuzz.sh                      # FUZZ_SECONDS=5 per target (smoke)
@@ -14,7 +14,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds=${FUZZ_SECONDS:-5}
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(parse_key extract_credential match_route parse_config)
+[ ${#targets[@]} -gt 0 ] || targets=(parse_key extract_credential match_route parse_config h1_framing)
 
 if ! cargo fuzz --version >/dev/null 2>&1; then
     echo "fuzz.sh: installing cargo-fuzz" >&2

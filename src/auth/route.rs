@@ -215,6 +215,7 @@ pub struct Table {
     routes: Vec<Route>,
     unmatched: Unmatched,
     fallback: Route,
+    mcp: bool,
 }
 
 /// A matched route and the org named in the path, if the route binds one.
@@ -230,6 +231,7 @@ impl Table {
     /// A table of `routes` with the policy for unmatched paths.
     pub fn new(routes: Vec<Route>, unmatched: Unmatched) -> Self {
         Self {
+            mcp: routes.iter().any(|r| r.mcp),
             routes,
             unmatched,
             fallback: Route::fallback(),
@@ -242,6 +244,11 @@ impl Table {
     pub fn with_other_credentials(mut self, other: OtherCredentials) -> Self {
         self.fallback.other_credentials = other;
         self
+    }
+
+    /// Whether any route is an MCP route.
+    pub fn has_mcp(&self) -> bool {
+        self.mcp
     }
 
     /// The routes, in match order.

@@ -74,6 +74,9 @@ pub struct Proxy {
     pub idle_timeout: Spanned<String>,
     /// One access log line per request (target `keygate::access`, INFO). Default true.
     pub access_log: bool,
+    /// Serve plain HTTP/1.1 requests on keygate's own fast path (the rest always goes
+    /// through hyper). Default true; `false` sends every request through hyper.
+    pub fast_path: bool,
     /// Failed authentications allowed per client IP per minute before the address
     /// gets 429 `too_many_failed_attempts`; 0 = unlimited. Default 0.
     pub max_failed_auth_per_minute: u32,
@@ -94,6 +97,7 @@ impl Default for Proxy {
             shutdown_grace: spanned("30s".into()),
             idle_timeout: spanned("30s".into()),
             access_log: true,
+            fast_path: true,
             max_failed_auth_per_minute: 0,
         }
     }

@@ -1,7 +1,7 @@
 //! Reloading: which settings a running keygate swaps, and which only count at start.
 //!
 //! Swapped on reload: routes, `[proxy]` upstream/timeouts/pool/`key_header`/
-//! `unmatched`/`access_log`/`shutdown_grace`, `[identity]`, `[rate_limit]`, `[clients]`, `[mcp]`,
+//! `unmatched`/`access_log`/`fast_path`/`shutdown_grace`, `[identity]`, `[rate_limit]`, `[clients]`, `[mcp]`,
 //! `keys.revoked_status` and `quota.limit`. Fixed until restart: listen addresses, `proxy.workers`, `[store]`,
 //! `[redis]`, `[admin]`, `[cache]`, `[hygiene]`, `keys.prefix`/`keys.environment` and
 //! `quota.period`/`quota.on_redis_error`.

@@ -392,6 +392,7 @@ fn build(file: &File, env: &dyn Env, check: &mut Check<'_>) -> Config {
             identity,
             key_header: key_header.clone(),
             access_log: p.access_log,
+            fast_path: p.fast_path,
             signer,
             max_failed_auth_per_minute: p.max_failed_auth_per_minute,
             trusted_proxies,

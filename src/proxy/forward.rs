@@ -34,6 +34,12 @@ pub enum Error {
     /// The HTTP exchange failed.
     #[error("the upstream exchange failed")]
     Http(#[source] hyper::Error),
+    /// The connection broke during the exchange (fast path).
+    #[error("the upstream connection broke")]
+    Io(#[source] std::io::Error),
+    /// The answer was not HTTP/1.1 keygate can pass on (fast path).
+    #[error("the upstream's answer {0}")]
+    Protocol(&'static str),
 }
 
 /// A forwarded request's body: the client's, streamed, or one keygate rewrote (an
@@ -153,11 +159,7 @@ async fn exchange(
 }
 
 async fn connect(upstream: &Upstream, timeout: Duration) -> Result<Sender, Error> {
-    let stream = tokio::time::timeout(timeout, TcpStream::connect(upstream.authority()))
-        .await
-        .map_err(|_| Error::Timeout("accept the connection"))?
-        .map_err(Error::Connect)?;
-    stream.set_nodelay(true).map_err(Error::Connect)?;
+    let stream = dial(upstream, timeout).await?;
     let (sender, conn) = hyper::client::conn::http1::Builder::new()
         .handshake(TokioIo::new(stream))
         .await
@@ -168,6 +170,19 @@ async fn connect(upstream: &Upstream, timeout: Duration) -> Result<Sender, Error
         }
     });
     Ok(sender)
+}
+
+/// A new TCP connection to `upstream`, `TCP_NODELAY` on.
+///
+/// # Errors
+/// [`Error::Timeout`] or [`Error::Connect`].
+pub async fn dial(upstream: &Upstream, timeout: Duration) -> Result<TcpStream, Error> {
+    let stream = tokio::time::timeout(timeout, TcpStream::connect(upstream.authority()))
+        .await
+        .map_err(|_| Error::Timeout("accept the connection"))?
+        .map_err(Error::Connect)?;
+    stream.set_nodelay(true).map_err(Error::Connect)?;
+    Ok(stream)
 }
 
 /// The origin-form URI the upstream receives: exactly the authorised path and query,

@@ -79,12 +79,16 @@ impl Identity {
     /// Whether a client-sent header name is one of ours, in any spelling: case is
     /// already folded by `http`, and `_` counts as `-` (some frameworks fold them).
     pub fn is_identity(&self, name: &HeaderName) -> bool {
-        let name = name.as_str().as_bytes();
+        self.is_identity_name(name.as_str().as_bytes())
+    }
+
+    /// [`is_identity`](Self::is_identity) for a name as sent, in any case.
+    pub fn is_identity_name(&self, name: &[u8]) -> bool {
         name.len() >= self.prefix.len()
             && name
                 .iter()
                 .zip(self.prefix.as_bytes())
-                .all(|(&n, &p)| n == p || (n == b'_' && p == b'-'))
+                .all(|(&n, &p)| n.to_ascii_lowercase() == p || (n == b'_' && p == b'-'))
     }
 }
 
@@ -172,7 +176,8 @@ pub fn prepare_request(
     let strip: Vec<HeaderName> = headers
         .keys()
         .filter(|&n| {
-            let ours = identity.is_identity(n) || is_underscored_credential(n, key_header);
+            let ours =
+                identity.is_identity(n) || is_underscored_credential(n.as_str().as_bytes(), key_header);
             spoofed += usize::from(ours);
             let credential = !fwd.keep_credentials && (n == header::AUTHORIZATION || Some(n) == key_header);
             ours || credential || n == X_FORWARDED_HOST
@@ -198,15 +203,14 @@ pub fn prepare_request(
     headers.insert(X_REQUEST_ID, fwd.request_id.clone());
 }
 
-/// The key header spelled with `_` for some `-` (`X_API_Key`).
-fn is_underscored_credential(name: &HeaderName, key_header: Option<&HeaderName>) -> bool {
-    let name = name.as_str().as_bytes();
+/// The key header spelled with `_` for some `-` (`X_API_Key`), in any case.
+pub fn is_underscored_credential(name: &[u8], key_header: Option<&HeaderName>) -> bool {
     let folds_to = |target: &str| {
         name.len() == target.len()
             && name
                 .iter()
                 .zip(target.as_bytes())
-                .all(|(&n, &t)| n == t || (n == b'_' && t == b'-'))
+                .all(|(&n, &t)| n.to_ascii_lowercase() == t || (n == b'_' && t == b'-'))
     };
     name.contains(&b'_') && key_header.is_some_and(|h| folds_to(h.as_str()))
 }
@@ -214,21 +218,31 @@ fn is_underscored_credential(name: &HeaderName, key_header: Option<&HeaderName>)
 /// Sets the trusted identity headers for `key` (or `auth-method: none` on a public
 /// route). Callers strip client-sent identity headers first.
 pub fn insert_identity(headers: &mut HeaderMap, identity: &Identity, key: Option<&CachedKey>) {
+    identity_fields(identity, key, |name, value| {
+        headers.insert(name.clone(), value);
+    });
+}
+
+/// The trusted identity headers for `key` (or `auth-method: none`), one call of `f`
+/// each.
+pub fn identity_fields(
+    identity: &Identity,
+    key: Option<&CachedKey>,
+    mut f: impl FnMut(&HeaderName, HeaderValue),
+) {
     match key {
         Some(key) => {
-            headers.insert(identity.key_id.clone(), uuid_value(key));
-            headers.insert(identity.key_name.clone(), text_value(&key.name));
+            f(&identity.key_id, uuid_value(key));
+            f(&identity.key_name, text_value(&key.name));
             if let Some(org) = &key.org_id {
-                headers.insert(identity.org_id.clone(), text_value(org));
+                f(&identity.org_id, text_value(org));
             }
-            headers.insert(identity.environment.clone(), text_value(&key.environment));
-            headers.insert(identity.scopes.clone(), text_value(&key.scopes.join(",")));
-            headers.insert(identity.owner.clone(), text_value(&key.owner));
-            headers.insert(identity.auth_method.clone(), HeaderValue::from_static("api_key"));
+            f(&identity.environment, text_value(&key.environment));
+            f(&identity.scopes, text_value(&key.scopes.join(",")));
+            f(&identity.owner, text_value(&key.owner));
+            f(&identity.auth_method, HeaderValue::from_static("api_key"));
         }
-        None => {
-            headers.insert(identity.auth_method.clone(), HeaderValue::from_static("none"));
-        }
+        None => f(&identity.auth_method, HeaderValue::from_static("none")),
     }
 }
 
@@ -253,22 +267,24 @@ fn peer_value(ip: IpAddr) -> Option<HeaderValue> {
 
 /// Appends the peer to `X-Forwarded-For` (the rightmost entry is the one keygate saw).
 fn append_forwarded_for(headers: &mut HeaderMap, peer: SocketAddr) {
-    let Some(ip) = peer_value(peer.ip()) else {
-        return;
-    };
     let prior: Vec<&str> = headers
         .get_all(X_FORWARDED_FOR)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .collect();
+    if let Some(value) = forwarded_for(&prior, peer) {
+        headers.insert(X_FORWARDED_FOR, value);
+    }
+}
+
+/// `X-Forwarded-For`: the `prior` entries the client sent, then the peer.
+pub fn forwarded_for(prior: &[&str], peer: SocketAddr) -> Option<HeaderValue> {
+    let ip = peer_value(peer.ip())?;
     if prior.is_empty() {
-        headers.insert(X_FORWARDED_FOR, ip);
-        return;
+        return Some(ip);
     }
     let value = format!("{}, {}", prior.join(", "), String::from_utf8_lossy(ip.as_bytes()));
-    if let Ok(v) = HeaderValue::from_str(&value) {
-        headers.insert(X_FORWARDED_FOR, v);
-    }
+    HeaderValue::from_str(&value).ok()
 }
 
 /// Rewrites upstream response headers for the client: hop-by-hop out, request id and
@@ -293,20 +309,34 @@ pub fn prepare_response(
 
 /// Sets `RateLimit-Limit`, `RateLimit-Remaining` and `RateLimit-Reset` (seconds).
 pub fn insert_rate_limit(headers: &mut HeaderMap, limit: u64, remaining: u64, reset_secs: u64) {
-    headers.insert(RATELIMIT_LIMIT, HeaderValue::from(limit));
-    headers.insert(RATELIMIT_REMAINING, HeaderValue::from(remaining));
-    headers.insert(RATELIMIT_RESET, HeaderValue::from(reset_secs));
+    for (name, value) in rate_limit_fields(limit, remaining, reset_secs) {
+        headers.insert(name, value);
+    }
+}
+
+/// The `RateLimit-*` fields.
+pub fn rate_limit_fields(limit: u64, remaining: u64, reset_secs: u64) -> [(HeaderName, HeaderValue); 3] {
+    [
+        (RATELIMIT_LIMIT, HeaderValue::from(limit)),
+        (RATELIMIT_REMAINING, HeaderValue::from(remaining)),
+        (RATELIMIT_RESET, HeaderValue::from(reset_secs)),
+    ]
 }
 
 /// The request id: the client's `X-Request-Id` when it is short and plain, else a new one.
 pub fn request_id(headers: &HeaderMap) -> HeaderValue {
-    if let Some(v) = headers.get(X_REQUEST_ID)
+    request_id_or_new(headers.get(X_REQUEST_ID).cloned())
+}
+
+/// The client's request id `sent`, when it is short and plain, else a new one.
+pub fn request_id_or_new(sent: Option<HeaderValue>) -> HeaderValue {
+    if let Some(v) = sent
         && (1..=128).contains(&v.len())
         && v.as_bytes()
             .iter()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
     {
-        return v.clone();
+        return v;
     }
     new_request_id()
 }

@@ -9,6 +9,7 @@ mod access;
 pub mod client;
 pub mod ext_authz;
 pub mod forward;
+pub mod h1;
 pub mod headers;
 mod mcp;
 pub mod respond;
@@ -65,6 +66,8 @@ pub struct Settings {
     pub key_header: Option<HeaderName>,
     /// Write one access line per request.
     pub access_log: bool,
+    /// Serve plain HTTP/1.1 requests on the fast path (`h1`); read per connection.
+    pub fast_path: bool,
     /// Sign the identity sent upstream (`[identity] signing_key`).
     pub signer: Option<signature::Signer>,
     /// Failed authentications per client IP per minute before 429; 0 = unlimited.
@@ -296,6 +299,8 @@ async fn worker(listener: std::net::TcpListener, shared: Arc<Shared>, mut stoppe
         .max_buf_size(16 * 1024)
         .max_headers(100);
     let graceful = GracefulShutdown::new();
+    // The fast path's idle connections close when this turns true.
+    let (stop_idle, idle_stopped) = watch::channel(false);
     loop {
         tokio::select! {
             accepted = listener.accept() => {
@@ -309,29 +314,111 @@ async fn worker(listener: std::net::TcpListener, shared: Arc<Shared>, mut stoppe
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                http.header_read_timeout(shared.live.load().proxy.idle_timeout);
-                let shared = Arc::clone(&shared);
-                let service = service_fn(move |req| {
+                let (idle, fast_path) = {
+                    let settings = &shared.live.load().proxy;
+                    (settings.idle_timeout, settings.fast_path)
+                };
+                http.header_read_timeout(idle);
+                if fast_path {
+                    let hand = h1::Handover {
+                        http: http.clone(),
+                        watcher: graceful.watcher(),
+                        stopped: idle_stopped.clone(),
+                        idle,
+                    };
+                    tokio::spawn(h1::serve(stream, peer, Arc::clone(&shared), hand));
+                } else {
                     let shared = Arc::clone(&shared);
-                    async move { Ok::<_, Infallible>(handle(&shared, peer, req).await) }
-                });
-                let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
-                tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::debug!(error = %e, "client connection ended with an error");
-                    }
-                });
+                    let conn = serve_hyper(stream, peer, shared, http.clone(), graceful.watcher());
+                    tokio::spawn(conn);
+                }
             }
             _ = stopped.changed() => break,
         }
     }
     drop(listener);
+    let _ = stop_idle.send(true);
     let grace = shared.live.load().proxy.shutdown_grace;
     if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
         tracing::warn!(
             ?grace,
             "shutdown grace period over; closing remaining connections"
         );
+    }
+}
+
+/// The failed-authentication count a request's client is under
+/// (`max_failed_auth_per_minute`).
+struct Attempt {
+    /// The client's address; clients whose address is unknown share one count.
+    counted: std::net::IpAddr,
+    limit: u32,
+    now_ms: i64,
+}
+
+impl Attempt {
+    fn new(shared: &Shared, settings: &Settings, client: Option<std::net::IpAddr>) -> Self {
+        let limit = settings.max_failed_auth_per_minute;
+        Self {
+            counted: client.unwrap_or(std::net::IpAddr::from([0, 0, 0, 0])),
+            limit,
+            now_ms: if limit > 0 { shared.clock.now_millis() } else { 0 },
+        }
+    }
+
+    /// `Retry-After` seconds when the client failed too often this minute.
+    fn blocked(&self, shared: &Shared) -> Option<u64> {
+        shared.failures.blocked(self.counted, self.limit, self.now_ms)
+    }
+
+    /// Counts `denial` when it is a failed authentication.
+    fn record(&self, shared: &Shared, denial: &Denial) {
+        if self.limit > 0
+            && let Denial::Rejected(r) = denial
+            && r.is_failed_authentication()
+        {
+            shared.failures.record(self.counted, self.now_ms);
+        }
+    }
+}
+
+/// The answer to a refused decision, with `line` filled in (route, key, code,
+/// status) for the metrics and the access log.
+fn refused<'l>(
+    line: &mut access::Line<'l>,
+    refusal: &'l auth::Refusal<'_>,
+    uri: &http::Uri,
+    policy: &auth::StatusPolicy,
+) -> Response<Full<Bytes>> {
+    let resp = respond::denial(&refusal.denial, line.request_id, policy);
+    line.route = refusal.route.map_or("none", |r| r.name.as_str());
+    line.query_key = refusal.route.and_then(|r| access::query_key(r, uri));
+    line.code = respond::code(&refusal.denial);
+    line.status = resp.status().as_u16();
+    line.key = refusal.key.as_deref();
+    resp
+}
+
+/// Serves a client connection with hyper (the fast path hands over what it does not
+/// serve itself), under the worker's graceful shutdown.
+async fn serve_hyper<I>(
+    io: I,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    http: hyper::server::conn::http1::Builder,
+    watcher: hyper_util::server::graceful::Watcher,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |req| {
+        let shared = Arc::clone(&shared);
+        async move { Ok::<_, Infallible>(handle(&shared, peer, req).await) }
+    });
+    if let Err(e) = watcher
+        .watch(http.serve_connection(TokioIo::new(io), service))
+        .await
+    {
+        tracing::debug!(error = %e, "client connection ended with an error");
     }
 }
 
@@ -374,15 +461,8 @@ async fn handle(shared: &Shared, peer: SocketAddr, req: Request<Incoming>) -> Re
         None => (req.method(), req.uri()),
     };
     let client = client::resolve(peer.ip(), req.headers(), &settings.trusted_proxies);
-    // Failed attempts from clients whose address is unknown share one count.
-    let counted = client.unwrap_or(std::net::IpAddr::from([0, 0, 0, 0]));
-    let failed_auth_limit = settings.max_failed_auth_per_minute;
-    let now_ms = if failed_auth_limit > 0 {
-        shared.clock.now_millis()
-    } else {
-        0
-    };
-    if let Some(retry_after) = shared.failures.blocked(counted, failed_auth_limit, now_ms) {
+    let attempt = Attempt::new(shared, settings, client);
+    if let Some(retry_after) = attempt.blocked(shared) {
         let resp = respond::too_many_failures(retry_after, &request_id);
         return refuse(resp, "too_many_failed_attempts");
     }
@@ -418,18 +498,8 @@ async fn handle(shared: &Shared, peer: SocketAddr, req: Request<Incoming>) -> Re
     let grant = match decided {
         Ok(grant) => grant,
         Err(refusal) => {
-            if failed_auth_limit > 0
-                && let Denial::Rejected(r) = &refusal.denial
-                && r.is_failed_authentication()
-            {
-                shared.failures.record(counted, now_ms);
-            }
-            let resp = respond::denial(&refusal.denial, &request_id, &live.auth.status);
-            line.route = refusal.route.map_or("none", |r| r.name.as_str());
-            line.query_key = refusal.route.and_then(|r| access::query_key(r, uri));
-            line.code = respond::code(&refusal.denial);
-            line.status = resp.status().as_u16();
-            line.key = refusal.key.as_deref();
+            attempt.record(shared, &refusal.denial);
+            let resp = refused(&mut line, &refusal, uri, &live.auth.status);
             metrics.request(line.route, line.code);
             if settings.access_log {
                 line.write();
@@ -466,12 +536,7 @@ async fn handle(shared: &Shared, peer: SocketAddr, req: Request<Incoming>) -> Re
     }
     let Some(upstream) = settings.upstreams.get(route.upstream) else {
         line.code = "upstream_unavailable";
-        let resp = respond::error(
-            http::StatusCode::BAD_GATEWAY,
-            line.code,
-            "no upstream configured",
-            &request_id,
-        );
+        let resp = respond::no_upstream(&request_id);
         line.status = resp.status().as_u16();
         metrics.request(line.route, line.code);
         if settings.access_log {

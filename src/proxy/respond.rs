@@ -23,7 +23,10 @@ pub fn code(denial: &Denial) -> &'static str {
 pub fn upstream_code(e: &forward::Error) -> &'static str {
     match e {
         forward::Error::Timeout(_) => "upstream_timeout",
-        forward::Error::Connect(_) | forward::Error::Http(_) => "upstream_unavailable",
+        forward::Error::Connect(_)
+        | forward::Error::Http(_)
+        | forward::Error::Io(_)
+        | forward::Error::Protocol(_) => "upstream_unavailable",
     }
 }
 
@@ -99,13 +102,26 @@ pub fn upstream(e: &forward::Error, request_id: &HeaderValue) -> Response<Full<B
             "the upstream did not answer in time",
             request_id,
         ),
-        forward::Error::Connect(_) | forward::Error::Http(_) => error(
+        forward::Error::Connect(_)
+        | forward::Error::Http(_)
+        | forward::Error::Io(_)
+        | forward::Error::Protocol(_) => error(
             StatusCode::BAD_GATEWAY,
             upstream_code(e),
             "the upstream could not be reached",
             request_id,
         ),
     }
+}
+
+/// 502 `upstream_unavailable` for a route whose upstream is not configured.
+pub fn no_upstream(request_id: &HeaderValue) -> Response<Full<Bytes>> {
+    error(
+        StatusCode::BAD_GATEWAY,
+        "upstream_unavailable",
+        "no upstream configured",
+        request_id,
+    )
 }
 
 /// A JSON error response.

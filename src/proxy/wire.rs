@@ -61,7 +61,12 @@ pub fn check(version: Version, headers: &HeaderMap) -> Result<(), Problem> {
 }
 
 fn is_host(value: &HeaderValue) -> bool {
-    let Ok(text) = value.to_str() else {
+    is_host_bytes(value.as_bytes())
+}
+
+/// Whether a `Host` value is `host[:port]` (or empty).
+pub(crate) fn is_host_bytes(value: &[u8]) -> bool {
+    let Ok(text) = std::str::from_utf8(value) else {
         return false;
     };
     if text.is_empty() {
