@@ -13,7 +13,7 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let mut fields = Vec::new();
-    if let Scan::Request(r) = scan_request(data, &mut fields) {
+    if let Scan::Request(r) = scan_request(data, &mut fields, &mut Vec::new()) {
         assert!(r.len <= data.len() && r.body <= MAX_BODY && r.host < fields.len());
         for f in &fields {
             let _ = (f.name(data), f.value(data));

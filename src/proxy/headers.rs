@@ -218,31 +218,67 @@ pub fn is_underscored_credential(name: &[u8], key_header: Option<&HeaderName>) -
 /// Sets the trusted identity headers for `key` (or `auth-method: none` on a public
 /// route). Callers strip client-sent identity headers first.
 pub fn insert_identity(headers: &mut HeaderMap, identity: &Identity, key: Option<&CachedKey>) {
-    identity_fields(identity, key, |name, value| {
-        headers.insert(name.clone(), value);
-    });
-}
-
-/// The trusted identity headers for `key` (or `auth-method: none`), one call of `f`
-/// each.
-pub fn identity_fields(
-    identity: &Identity,
-    key: Option<&CachedKey>,
-    mut f: impl FnMut(&HeaderName, HeaderValue),
-) {
     match key {
         Some(key) => {
-            f(&identity.key_id, uuid_value(key));
-            f(&identity.key_name, text_value(&key.name));
+            headers.insert(identity.key_id.clone(), uuid_value(key));
+            headers.insert(identity.key_name.clone(), text_value(&key.name));
             if let Some(org) = &key.org_id {
-                f(&identity.org_id, text_value(org));
+                headers.insert(identity.org_id.clone(), text_value(org));
             }
-            f(&identity.environment, text_value(&key.environment));
-            f(&identity.scopes, text_value(&key.scopes.join(",")));
-            f(&identity.owner, text_value(&key.owner));
-            f(&identity.auth_method, HeaderValue::from_static("api_key"));
+            headers.insert(identity.environment.clone(), text_value(&key.environment));
+            headers.insert(identity.scopes.clone(), text_value(&key.scopes.join(",")));
+            headers.insert(identity.owner.clone(), text_value(&key.owner));
+            headers.insert(identity.auth_method.clone(), HeaderValue::from_static("api_key"));
         }
-        None => f(&identity.auth_method, HeaderValue::from_static("none")),
+        None => {
+            headers.insert(identity.auth_method.clone(), HeaderValue::from_static("none"));
+        }
+    }
+}
+
+/// Appends the identity headers [`insert_identity`] sets as HTTP/1.1 field lines
+/// (`name: value\r\n`) to `out`, the same values written in place, with no header
+/// value built.
+pub fn write_identity(out: &mut Vec<u8>, identity: &Identity, key: Option<&CachedKey>) {
+    fn line(out: &mut Vec<u8>, name: &HeaderName, value: impl FnOnce(&mut Vec<u8>)) {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        value(out);
+        out.extend_from_slice(b"\r\n");
+    }
+    let Some(key) = key else {
+        line(out, &identity.auth_method, |o| o.extend_from_slice(b"none"));
+        return;
+    };
+    let mut id = uuid::Uuid::encode_buffer();
+    let id = key.id.hyphenated().encode_lower(&mut id);
+    line(out, &identity.key_id, |o| o.extend_from_slice(id.as_bytes()));
+    line(out, &identity.key_name, |o| write_text(o, &key.name));
+    if let Some(org) = &key.org_id {
+        line(out, &identity.org_id, |o| write_text(o, org));
+    }
+    line(out, &identity.environment, |o| write_text(o, &key.environment));
+    line(out, &identity.scopes, |o| {
+        for (i, scope) in key.scopes.iter().enumerate() {
+            if i > 0 {
+                o.push(b',');
+            }
+            write_text(o, scope);
+        }
+    });
+    line(out, &identity.owner, |o| write_text(o, &key.owner));
+    line(out, &identity.auth_method, |o| o.extend_from_slice(b"api_key"));
+}
+
+/// [`text_value`]'s encoding, appended to `out`.
+fn write_text(out: &mut Vec<u8>, s: &str) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    for b in s.bytes() {
+        if (0x20..0x7f).contains(&b) && b != b'%' {
+            out.push(b);
+        } else {
+            out.extend_from_slice(&[b'%', HEX[usize::from(b >> 4)], HEX[usize::from(b & 0xf)]]);
+        }
     }
 }
 
@@ -310,16 +346,16 @@ pub fn prepare_response(
 /// Sets `RateLimit-Limit`, `RateLimit-Remaining` and `RateLimit-Reset` (seconds).
 pub fn insert_rate_limit(headers: &mut HeaderMap, limit: u64, remaining: u64, reset_secs: u64) {
     for (name, value) in rate_limit_fields(limit, remaining, reset_secs) {
-        headers.insert(name, value);
+        headers.insert(name, HeaderValue::from(value));
     }
 }
 
-/// The `RateLimit-*` fields.
-pub fn rate_limit_fields(limit: u64, remaining: u64, reset_secs: u64) -> [(HeaderName, HeaderValue); 3] {
+/// The `RateLimit-*` fields' names and values.
+pub fn rate_limit_fields(limit: u64, remaining: u64, reset_secs: u64) -> [(HeaderName, u64); 3] {
     [
-        (RATELIMIT_LIMIT, HeaderValue::from(limit)),
-        (RATELIMIT_REMAINING, HeaderValue::from(remaining)),
-        (RATELIMIT_RESET, HeaderValue::from(reset_secs)),
+        (RATELIMIT_LIMIT, limit),
+        (RATELIMIT_REMAINING, remaining),
+        (RATELIMIT_RESET, reset_secs),
     ]
 }
 
@@ -399,6 +435,48 @@ fn text_value(s: &str) -> HeaderValue {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn identity_lines_match_the_identity_headers() {
+        use crate::keys::KeyRecord;
+        use crate::keys::record::Owner;
+        let record = KeyRecord {
+            id: uuid::Uuid::new_v4(),
+            org_id: Some("acme".into()),
+            owner: Owner::Org("acme".into()),
+            name: "Ünïcode % name\twith tab".into(),
+            display_prefix: "kg_live_x".into(),
+            hash: crate::keys::KeyHash::default(),
+            environment: "live".into(),
+            scopes: vec!["read".into(), "wr%te".into()],
+            restrictions: std::sync::Arc::default(),
+            quota_limit: None,
+            metadata: serde_json::json!({}),
+            created_by: "me".into(),
+            created_at: Utc::now(),
+            last_used_at: None,
+            expires_at: None,
+            paused: false,
+            revoked_at: None,
+        };
+        let key = CachedKey::from(&record);
+        let identity = Identity::default();
+        for key in [Some(&key), None] {
+            let mut headers = HeaderMap::new();
+            insert_identity(&mut headers, &identity, key);
+            let mut want: Vec<String> = headers
+                .iter()
+                .map(|(n, v)| format!("{n}: {}\r\n", v.to_str().expect("ascii")))
+                .collect();
+            let mut out = Vec::new();
+            write_identity(&mut out, &identity, key);
+            let text = String::from_utf8(out).expect("ascii");
+            let mut lines: Vec<String> = text.split_inclusive("\r\n").map(str::to_owned).collect();
+            want.sort_unstable();
+            lines.sort_unstable();
+            assert_eq!(lines, want);
+        }
+    }
 
     #[test]
     fn identity_spellings_are_all_recognised() {

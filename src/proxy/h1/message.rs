@@ -45,6 +45,24 @@ impl Field {
         &head[self.value.clone()]
     }
 
+    /// `name: value` as it came (one `:` and optional whitespace between), when
+    /// the value is not empty.
+    fn line<'h>(&self, head: &'h [u8]) -> Option<&'h [u8]> {
+        (self.value.start >= self.name.end && !self.value.is_empty())
+            .then(|| &head[self.name.start..self.value.end])
+    }
+
+    /// Writes the field as a line of `out`.
+    pub fn write(&self, out: &mut Vec<u8>, head: &[u8]) {
+        match self.line(head) {
+            Some(line) => {
+                out.extend_from_slice(line);
+                out.extend_from_slice(b"\r\n");
+            }
+            None => field(out, self.name(head), self.value(head)),
+        }
+    }
+
     /// The value as a shared slice of `head`.
     pub fn shared(&self, head: &Bytes) -> Bytes {
         head.slice(self.value.clone())
@@ -81,7 +99,9 @@ pub struct Request {
 }
 
 /// Sorts the start of `buf`; on [`Scan::Request`] `fields` holds the head's fields.
-pub fn scan_request(buf: &[u8], fields: &mut Vec<Field>) -> Scan {
+/// `valid_host` is the last `Host` value found valid on this connection (kept up to
+/// date here): the same value again is not checked again.
+pub fn scan_request(buf: &[u8], fields: &mut Vec<Field>, valid_host: &mut Vec<u8>) -> Scan {
     let mut headers = [httparse::EMPTY_HEADER; MAX_FIELDS];
     let mut req = httparse::Request::new(&mut headers);
     let len = match req.parse(buf) {
@@ -134,8 +154,16 @@ pub fn scan_request(buf: &[u8], fields: &mut Vec<Field>) -> Scan {
         }
         fields.push(field);
     }
-    if hosts != 1 || lengths > 1 || !crate::proxy::wire::is_host_bytes(fields[host].value(buf)) {
+    if hosts != 1 || lengths > 1 {
         return Scan::Unusual;
+    }
+    let host_value = fields[host].value(buf);
+    if host_value != valid_host.as_slice() {
+        if !crate::proxy::wire::is_host_bytes(host_value) {
+            return Scan::Unusual;
+        }
+        valid_host.clear();
+        valid_host.extend_from_slice(host_value);
     }
     Scan::Request(Request {
         len,
@@ -323,7 +351,7 @@ pub fn write_answer_head(
         let name = f.name(buf);
         if !dropped_from_response(name, rate_limited) {
             dated |= name.eq_ignore_ascii_case(b"date");
-            field(out, name, f.value(buf));
+            f.write(out, buf);
         }
     }
     dated
@@ -343,7 +371,11 @@ pub fn write_own(out: &mut Vec<u8>, resp: &Response<Bytes>, date: &[u8], close: 
     }
     field(out, b"date", date);
     let mut len = itoa_buf();
-    field(out, b"content-length", format_len(&mut len, resp.body().len()));
+    field(
+        out,
+        b"content-length",
+        decimal(&mut len, resp.body().len() as u64),
+    );
     if close {
         field(out, b"connection", b"close");
     }
@@ -358,7 +390,7 @@ fn itoa_buf() -> [u8; 20] {
 }
 
 /// `n` in decimal, written into `buf`.
-pub fn format_len(buf: &mut [u8; 20], mut n: usize) -> &[u8] {
+pub fn decimal(buf: &mut [u8; 20], mut n: u64) -> &[u8] {
     let mut i = buf.len();
     loop {
         i -= 1;
@@ -401,7 +433,7 @@ mod tests {
     use super::*;
 
     fn request(head: &str) -> Scan {
-        scan_request(head.as_bytes(), &mut Vec::new())
+        scan_request(head.as_bytes(), &mut Vec::new(), &mut Vec::new())
     }
 
     #[test]
@@ -528,11 +560,8 @@ mod tests {
     #[test]
     fn lengths_format_in_decimal() {
         let mut buf = [0; 20];
-        assert_eq!(format_len(&mut buf, 0), b"0");
-        assert_eq!(format_len(&mut buf, 1234567), b"1234567");
-        assert_eq!(
-            format_len(&mut buf, usize::MAX),
-            usize::MAX.to_string().as_bytes()
-        );
+        assert_eq!(decimal(&mut buf, 0), b"0");
+        assert_eq!(decimal(&mut buf, 1234567), b"1234567");
+        assert_eq!(decimal(&mut buf, u64::MAX), u64::MAX.to_string().as_bytes());
     }
 }

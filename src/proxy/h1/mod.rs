@@ -64,13 +64,14 @@ pub(super) async fn serve(mut client: TcpStream, peer: SocketAddr, shared: Arc<S
     let mut buf = BytesMut::with_capacity(READ);
     let mut fields = Vec::with_capacity(16);
     let mut out = Vec::with_capacity(READ);
+    let mut valid_host = Vec::new();
     loop {
         // A whole head, and the body it announces, within `idle` of the previous
         // answer (a slow sender cannot stretch it byte by byte).
         let deadline = tokio::time::Instant::now() + hand.idle;
         let req = loop {
             if !buf.is_empty() {
-                match message::scan_request(&buf, &mut fields) {
+                match message::scan_request(&buf, &mut fields, &mut valid_host) {
                     Scan::Request(r) if buf.len() >= r.len + r.body => break r,
                     Scan::Request(_) => {}
                     Scan::Unusual => return handover(client, buf, peer, shared, hand).await,
@@ -315,8 +316,13 @@ impl Exchange<'_> {
             message::write_answer_head(out, head, answer.head.status, &answer.fields, usage.is_some());
         if let Some(usage) = usage {
             let reset = crate::quota::seconds_until(usage.reset_at, shared.clock.now());
+            let mut digits = [0u8; 20];
             for (name, value) in headers::rate_limit_fields(usage.limit, usage.remaining, reset) {
-                message::field(out, name.as_str().as_bytes(), value.as_bytes());
+                message::field(
+                    out,
+                    name.as_str().as_bytes(),
+                    message::decimal(&mut digits, value),
+                );
             }
         }
         message::field(out, b"x-request-id", request_id.as_bytes());
@@ -414,7 +420,7 @@ impl Exchange<'_> {
                 ours || credential
             });
             if kept {
-                message::field(out, name, f.value(head));
+                f.write(out, head);
             }
         }
         if spoofed > 0 {
@@ -424,9 +430,7 @@ impl Exchange<'_> {
             );
         }
         let key = grant.key.as_deref();
-        headers::identity_fields(identity, key, |name, value| {
-            message::field(out, name.as_str().as_bytes(), value.as_bytes());
-        });
+        headers::write_identity(out, identity, key);
         message::field(out, b"x-forwarded-host", self.fields[self.req.host].value(head));
         message::field(out, b"host", upstream.host.as_bytes());
         message::field(out, b"x-forwarded-proto", b"http");
