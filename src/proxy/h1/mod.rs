@@ -63,7 +63,7 @@ pub(super) struct Handover {
 pub(super) async fn serve(mut client: TcpStream, peer: SocketAddr, shared: Arc<Shared>, mut hand: Handover) {
     let mut buf = BytesMut::with_capacity(READ);
     let mut fields = Vec::with_capacity(16);
-    let mut out = Vec::with_capacity(READ);
+    let mut scratch = Scratch::default();
     let mut valid_host = Vec::new();
     loop {
         // A whole head, and the body it announces, within `idle` of the previous
@@ -112,7 +112,9 @@ pub(super) async fn serve(mut client: TcpStream, peer: SocketAddr, shared: Arc<S
             fields: &fields,
         };
         let stopping = *hand.stopped.borrow();
-        let keep = exchange.run(&mut client, &mut out, req.close || stopping).await;
+        let keep = exchange
+            .run(&mut client, &mut scratch, req.close || stopping)
+            .await;
         if !keep || req.close || *hand.stopped.borrow() {
             return;
         }
@@ -180,6 +182,19 @@ impl AsyncWrite for Rewound {
     }
 }
 
+/// What a connection's requests reuse instead of allocating each time.
+#[derive(Default)]
+struct Scratch {
+    /// Bytes about to be written, to the upstream or the client.
+    out: Vec<u8>,
+    /// The request fields the decision reads.
+    read: HeaderMap,
+    /// The answer's bytes as read from the upstream.
+    answer: BytesMut,
+    /// The answer head's fields.
+    answer_fields: Vec<Field>,
+}
+
 /// One request on the fast path.
 struct Exchange<'a> {
     shared: &'a Shared,
@@ -204,7 +219,8 @@ impl Exchange<'_> {
 
     /// Decides, forwards or refuses, and answers the client; `false` when the
     /// connection must close.
-    async fn run(&self, client: &mut TcpStream, out: &mut Vec<u8>, close: bool) -> bool {
+    async fn run(&self, client: &mut TcpStream, scratch: &mut Scratch, close: bool) -> bool {
+        let out = &mut scratch.out;
         let shared = self.shared;
         let metrics = &shared.metrics;
         let _in_flight = metrics.in_flight();
@@ -218,7 +234,8 @@ impl Exchange<'_> {
         );
         // What the decision reads: the credential fields and, behind trusted
         // proxies, `X-Forwarded-For`.
-        let mut read = HeaderMap::new();
+        let read = &mut scratch.read;
+        read.clear();
         for f in self.fields {
             let name = f.name(self.frame);
             let known = if message::name_is(name, &header::AUTHORIZATION) {
@@ -234,7 +251,7 @@ impl Exchange<'_> {
                 read.append(known, value);
             }
         }
-        let client_ip = client::resolve(self.peer.ip(), &read, &settings.trusted_proxies);
+        let client_ip = client::resolve(self.peer.ip(), read, &settings.trusted_proxies);
         let attempt = Attempt::new(shared, settings, client_ip);
         let mut line = access::Line::new(req.method.clone(), req.uri.clone(), &request_id);
         if let Some(retry_after) = attempt.blocked(shared) {
@@ -246,7 +263,7 @@ impl Exchange<'_> {
             method: &req.method,
             path: req.uri.path(),
             query: req.uri.query(),
-            headers: &read,
+            headers: read,
             client: client_ip,
         };
         let decided = shared.decider.decide(&self.live.auth, head).await;
@@ -284,14 +301,16 @@ impl Exchange<'_> {
             response: settings.response_timeout,
             pool_size: settings.pool_size,
         };
-        let sent = send(upstream, limits, &req.method, out).await;
+        let buf = &mut scratch.answer;
+        let fields = &mut scratch.answer_fields;
+        let sent = send(upstream, limits, &req.method, out, buf, fields).await;
         let answered_at = Instant::now();
         let upstream_time = answered_at.duration_since(decided_at);
         metrics.upstream(upstream_time.as_secs_f64());
         line.upstream = Some(upstream_time);
         line.total = answered_at.duration_since(started);
         let usage = grant.usage.as_ref();
-        let mut answer = match sent {
+        let answer = match sent {
             Ok(answer) => answer,
             Err(e) => {
                 line.code = respond::upstream_code(&e);
@@ -311,9 +330,8 @@ impl Exchange<'_> {
         }
         // The answer's head, then its body as it comes.
         out.clear();
-        let head = &answer.buf[..answer.head.len];
-        let dated =
-            message::write_answer_head(out, head, answer.head.status, &answer.fields, usage.is_some());
+        let head = &buf[..answer.head.len];
+        let dated = message::write_answer_head(out, head, answer.head.status, fields, usage.is_some());
         if let Some(usage) = usage {
             let reset = crate::quota::seconds_until(usage.reset_at, shared.clock.now());
             let mut digits = [0u8; 20];
@@ -334,9 +352,10 @@ impl Exchange<'_> {
             message::field(out, b"connection", b"close");
         }
         out.extend_from_slice(b"\r\n");
-        answer.buf.advance(answer.head.len);
+        buf.advance(answer.head.len);
         relay(
             answer,
+            buf,
             client,
             out,
             &upstream.shared_authority(),
@@ -457,12 +476,11 @@ impl Exchange<'_> {
     }
 }
 
-/// An upstream's answer: its connection, what was read of it, and its head.
+/// An upstream's answer: its connection and its head (its bytes and fields are in
+/// the connection's [`Scratch`]).
 struct Answer {
     stream: TcpStream,
-    buf: BytesMut,
     head: message::Answer,
-    fields: Vec<Field>,
 }
 
 /// Sends `request` (head and body) and reads the answer's head. A pooled connection
@@ -473,10 +491,12 @@ async fn send(
     limits: forward::Limits,
     method: &Method,
     request: &[u8],
+    buf: &mut BytesMut,
+    fields: &mut Vec<Field>,
 ) -> Result<Answer, forward::Error> {
     let head_only = method == Method::HEAD;
     while let Some(stream) = upstream::checkout(upstream.authority()) {
-        match exchange(stream, request, head_only, limits.response).await {
+        match exchange(stream, request, head_only, limits.response, buf, fields).await {
             Ok(answer) => return Ok(answer),
             Err(Failed::Unsent(_)) => {}
             Err(Failed::Unanswered(_)) if method.is_idempotent() => {}
@@ -484,7 +504,7 @@ async fn send(
         }
     }
     let stream = forward::dial(upstream, limits.connect).await?;
-    exchange(stream, request, head_only, limits.response)
+    exchange(stream, request, head_only, limits.response, buf, fields)
         .await
         .map_err(|(Failed::Unanswered(e) | Failed::Unsent(e) | Failed::Other(e))| e)
 }
@@ -504,17 +524,18 @@ async fn exchange(
     request: &[u8],
     head_only: bool,
     timeout: Duration,
+    buf: &mut BytesMut,
+    fields: &mut Vec<Field>,
 ) -> Result<Answer, Failed> {
     stream
         .write_all(request)
         .await
         .map_err(|e| Failed::Unsent(forward::Error::Io(e)))?;
-    let mut buf = BytesMut::with_capacity(READ);
-    let mut fields = Vec::with_capacity(16);
+    buf.clear();
     let read = async {
         loop {
             if !buf.is_empty() {
-                match message::scan_response(&buf, head_only, &mut fields) {
+                match message::scan_response(buf, head_only, fields) {
                     Ok(head) if head.interim => {
                         buf.advance(head.len);
                         continue;
@@ -531,7 +552,7 @@ async fn exchange(
             }
             buf.reserve(READ);
             let before = buf.len();
-            match stream.read_buf(&mut buf).await {
+            match stream.read_buf(buf).await {
                 Ok(0) if before == 0 => {
                     let closed = std::io::Error::from(std::io::ErrorKind::UnexpectedEof);
                     return Err(Failed::Unanswered(forward::Error::Io(closed)));
@@ -546,12 +567,7 @@ async fn exchange(
     let head = tokio::time::timeout(timeout, read)
         .await
         .map_err(|_| Failed::Other(forward::Error::Timeout("answer")))??;
-    Ok(Answer {
-        stream,
-        buf,
-        head,
-        fields,
-    })
+    Ok(Answer { stream, head })
 }
 
 /// Writes `out` (the answer's head) and the body as it comes from the upstream;
@@ -559,6 +575,7 @@ async fn exchange(
 /// connection goes back to the pool when its answer ended cleanly.
 async fn relay(
     mut answer: Answer,
+    buf: &mut BytesMut,
     client: &mut TcpStream,
     out: &mut Vec<u8>,
     authority: &Arc<str>,
@@ -574,7 +591,7 @@ async fn relay(
     let until_close = answer.head.framing == Framing::UntilClose;
     let mut done = answer.head.framing == Framing::Empty;
     // Bytes after the head already read: as much as belongs to this answer.
-    let mut pending = answer.buf.split().freeze();
+    let mut pending = buf.split().freeze();
     loop {
         let take = match (&mut chunked, until_close) {
             (Some(scanner), _) => match scanner.scan(&pending) {
@@ -610,11 +627,13 @@ async fn relay(
         if done {
             break;
         }
-        answer.buf.reserve(READ);
-        match answer.stream.read_buf(&mut answer.buf).await {
+        // The relayed bytes are gone: the buffer's room can be used again.
+        drop(pending);
+        buf.reserve(READ);
+        match answer.stream.read_buf(buf).await {
             Ok(0) if until_close => break,
             Ok(0) | Err(_) => return false,
-            Ok(_) => pending = answer.buf.split().freeze(),
+            Ok(_) => pending = buf.split().freeze(),
         }
     }
     if reusable && !until_close {
