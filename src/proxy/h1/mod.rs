@@ -44,8 +44,11 @@ use message::{Field, Scan};
 const MAX_HEAD: usize = 16 * 1024;
 /// Largest response head accepted from an upstream.
 const MAX_ANSWER_HEAD: usize = 64 * 1024;
-/// Read size on both sides.
-const READ: usize = 16 * 1024;
+/// Read size for heads (a connection's buffers start at this and stay there for
+/// ordinary messages: an idle kept-alive connection holds about 10 KiB).
+const READ_HEAD: usize = 4 * 1024;
+/// Read size for an answer's body beyond what came with its head.
+const READ_BODY: usize = 16 * 1024;
 
 /// What a connection needs to go on under hyper.
 pub(super) struct Handover {
@@ -61,7 +64,7 @@ pub(super) struct Handover {
 
 /// Serves one client connection.
 pub(super) async fn serve(mut client: TcpStream, peer: SocketAddr, shared: Arc<Shared>, mut hand: Handover) {
-    let mut buf = BytesMut::with_capacity(READ);
+    let mut buf = BytesMut::with_capacity(READ_HEAD);
     let mut fields = Vec::with_capacity(16);
     let mut scratch = Scratch::default();
     let mut valid_host = Vec::new();
@@ -81,7 +84,7 @@ pub(super) async fn serve(mut client: TcpStream, peer: SocketAddr, shared: Arc<S
                     Scan::Partial => {}
                 }
             }
-            buf.reserve(READ);
+            buf.reserve(READ_HEAD);
             tokio::select! {
                 biased;
                 read = client.read_buf(&mut buf) => match read {
@@ -115,6 +118,7 @@ pub(super) async fn serve(mut client: TcpStream, peer: SocketAddr, shared: Arc<S
         let keep = exchange
             .run(&mut client, &mut scratch, req.close || stopping)
             .await;
+        scratch.trim();
         if !keep || req.close || *hand.stopped.borrow() {
             return;
         }
@@ -193,6 +197,18 @@ struct Scratch {
     answer: BytesMut,
     /// The answer head's fields.
     answer_fields: Vec<Field>,
+}
+
+impl Scratch {
+    /// Lets go of room a large message needed, so that idle connections stay small.
+    fn trim(&mut self) {
+        if self.out.capacity() > 2 * READ_HEAD {
+            self.out = Vec::new();
+        }
+        if self.answer.capacity() > READ_HEAD {
+            self.answer = BytesMut::new();
+        }
+    }
 }
 
 /// One request on the fast path.
@@ -550,7 +566,7 @@ async fn exchange(
                     Err(message::Bad::Partial) => {}
                 }
             }
-            buf.reserve(READ);
+            buf.reserve(READ_HEAD);
             let before = buf.len();
             match stream.read_buf(buf).await {
                 Ok(0) if before == 0 => {
@@ -629,7 +645,7 @@ async fn relay(
         }
         // The relayed bytes are gone: the buffer's room can be used again.
         drop(pending);
-        buf.reserve(READ);
+        buf.reserve(READ_BODY);
         match answer.stream.read_buf(buf).await {
             Ok(0) if until_close => break,
             Ok(0) | Err(_) => return false,
