@@ -458,3 +458,35 @@ async fn a_head_sent_byte_by_byte_still_meets_idle_timeout() {
     );
     app.stop().await;
 }
+
+/// The fast path passes header names as the client spelled them; hyper writes them
+/// in lower case. `fast_path = false` sends every request through hyper.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fast_path_false_sends_everything_through_hyper() {
+    for (fast_path, expected) in [(true, "X-Custom: Kept"), (false, "x-custom: Kept")] {
+        let scripted = Scripted::start().await;
+        let app = TestApp::with(Options {
+            proxy_extra: format!("fast_path = {fast_path}\n"),
+            extra: format!(
+                "[[route]]\nname = \"raw\"\npath = \"/raw/**\"\npublic = true\nupstream = \"http://{}\"\n",
+                scripted.addr
+            ),
+            ..Options::default()
+        })
+        .await
+        .expect("SQLite needs no service");
+        let (status, _) = common::raw(
+            app.addr,
+            b"GET /raw/ok HTTP/1.1\r\nHost: api\r\nX-Custom: Kept\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        assert_eq!(status, 200);
+        let received = scripted.received();
+        let forwarded = received.last().expect("forwarded");
+        assert!(
+            forwarded.contains(&format!("\r\n{expected}\r\n")),
+            "fast_path = {fast_path}: {forwarded}"
+        );
+        app.stop().await;
+    }
+}
