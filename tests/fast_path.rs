@@ -49,6 +49,11 @@ fn script(path: &str) -> (&'static [u8], bool) {
             false,
         ),
         "/raw/garbage" => (b"NOT HTTP AT ALL\r\n\r\n", true),
+        "/raw/drop" => (b"", true),
+        "/raw/conn-cl" => (
+            b"HTTP/1.1 200 OK\r\nConnection: content-length, x-gone\r\nX-Gone: 1\r\nContent-Length: 2\r\n\r\nok",
+            false,
+        ),
         "/raw/then-close" => (OK, true),
         _ => (OK, false),
     }
@@ -489,4 +494,69 @@ async fn fast_path_false_sends_everything_through_hyper() {
         );
         app.stop().await;
     }
+}
+
+/// Review findings, each pinned: an oversized head that arrives in pieces still goes
+/// to hyper (431); `Connection` cannot take the framing field off an answer; a
+/// request that makes the upstream drop the connection is sent twice at most.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heads_framing_and_retries_stay_bounded() {
+    let scripted = Scripted::start().await;
+    let app = app_with(&scripted).await;
+
+    let mut stream = TcpStream::connect(app.addr).await.expect("connect");
+    let filler = format!("X-Filler: {}\r\n", "a".repeat(10 * 1024));
+    stream
+        .write_all(format!("GET /raw/ok HTTP/1.1\r\nHost: api\r\n{filler}").as_bytes())
+        .await
+        .expect("first part");
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    stream
+        .write_all(format!("{filler}Connection: close\r\n\r\n").as_bytes())
+        .await
+        .expect("second part");
+    let mut all = Vec::new();
+    stream.read_to_end(&mut all).await.expect("read");
+    let text = String::from_utf8_lossy(&all);
+    assert!(
+        text.starts_with("HTTP/1.1 431"),
+        "{}",
+        &text[..text.len().min(200)]
+    );
+
+    let mut stream = TcpStream::connect(app.addr).await.expect("connect");
+    let mut buf = Vec::new();
+    stream
+        .write_all(b"GET /raw/conn-cl HTTP/1.1\r\nHost: api\r\n\r\nGET /raw/ok HTTP/1.1\r\nHost: api\r\n\r\n")
+        .await
+        .expect("write");
+    let first = read_answer(&mut stream, &mut buf, false).await;
+    assert_eq!(
+        first.header("content-length").as_deref(),
+        Some("2"),
+        "{}",
+        first.head
+    );
+    assert_eq!(first.header("x-gone"), None, "{}", first.head);
+    assert_eq!(first.body, b"ok");
+    let second = read_answer(&mut stream, &mut buf, false).await;
+    assert_eq!((second.status, second.body.as_slice()), (200, &b"ok"[..]));
+
+    // A pooled connection first, then a request the upstream drops unanswered.
+    stream
+        .write_all(b"GET /raw/drop HTTP/1.1\r\nHost: api\r\n\r\n")
+        .await
+        .expect("write");
+    let dropped = read_answer(&mut stream, &mut buf, false).await;
+    assert_eq!(dropped.status, 502, "{}", dropped.head);
+    let drops = scripted
+        .received()
+        .iter()
+        .filter(|r| r.starts_with("GET /raw/drop "))
+        .count();
+    assert_eq!(
+        drops, 2,
+        "sent on the pooled connection, then once more on a new one"
+    );
+    app.stop().await;
 }

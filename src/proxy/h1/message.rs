@@ -240,7 +240,7 @@ pub fn scan_response(buf: &[u8], head: bool, fields: &mut Vec<Field>) -> Result<
         };
     }
     fields.clear();
-    let mut reusable = version == 1;
+    let (mut close, mut keep_alive) = (false, false);
     let (mut length, mut chunked, mut coded) = (None, false, false);
     let mut listed: Vec<&[u8]> = Vec::new();
     for h in resp.headers.iter() {
@@ -261,10 +261,14 @@ pub fn scan_response(buf: &[u8], head: bool, fields: &mut Vec<Field>) -> Result<
         } else if name.eq_ignore_ascii_case(b"connection") {
             for token in h.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
                 if token.eq_ignore_ascii_case(b"close") {
-                    reusable = false;
+                    close = true;
                 } else if token.eq_ignore_ascii_case(b"keep-alive") {
-                    reusable |= version == 0;
-                } else {
+                    keep_alive = true;
+                } else if !token.eq_ignore_ascii_case(b"content-length")
+                    && !token.eq_ignore_ascii_case(b"transfer-encoding")
+                {
+                    // The framing fields stay whatever `Connection` says: the body
+                    // is relayed by them.
                     listed.push(token);
                 }
             }
@@ -277,6 +281,7 @@ pub fn scan_response(buf: &[u8], head: bool, fields: &mut Vec<Field>) -> Result<
         // A field named in `Connection` may come before it.
         fields.retain(|f| !listed.iter().any(|l| l.eq_ignore_ascii_case(f.name(buf))));
     }
+    let mut reusable = !close && (version == 1 || keep_alive);
     if coded && length.is_some() {
         // Both framings at once: the classic request-smuggling shape.
         return Err(Bad::Invalid);

@@ -72,17 +72,25 @@ pub(super) async fn serve(mut client: TcpStream, peer: SocketAddr, shared: Arc<S
         // A whole head, and the body it announces, within `idle` of the previous
         // answer (a slow sender cannot stretch it byte by byte).
         let deadline = tokio::time::Instant::now() + hand.idle;
+        let mut head = None;
         let req = loop {
-            if !buf.is_empty() {
+            if head.is_none() && !buf.is_empty() {
                 match message::scan_request(&buf, &mut fields, &mut valid_host) {
-                    Scan::Request(r) if buf.len() >= r.len + r.body => break r,
-                    Scan::Request(_) => {}
+                    // hyper answers an oversized head (431).
+                    Scan::Request(r) if r.len > MAX_HEAD => {
+                        return handover(client, buf, peer, shared, hand).await;
+                    }
+                    // Parsed once; the body may take more reads.
+                    Scan::Request(r) => head = Some(r),
                     Scan::Unusual => return handover(client, buf, peer, shared, hand).await,
                     Scan::Partial if buf.len() >= MAX_HEAD => {
                         return handover(client, buf, peer, shared, hand).await;
                     }
                     Scan::Partial => {}
                 }
+            }
+            if let Some(r) = head.take_if(|r| buf.len() >= r.len + r.body) {
+                break r;
             }
             buf.reserve(READ_HEAD);
             tokio::select! {
@@ -113,12 +121,16 @@ pub(super) async fn serve(mut client: TcpStream, peer: SocketAddr, shared: Arc<S
             frame: &frame,
             req: &req,
             fields: &fields,
+            stopped: &hand.stopped,
         };
-        let stopping = *hand.stopped.borrow();
-        let keep = exchange
-            .run(&mut client, &mut scratch, req.close || stopping)
-            .await;
+        let keep = exchange.run(&mut client, &mut scratch).await;
         scratch.trim();
+        if buf.capacity() > 2 * READ_HEAD {
+            // Room a large request needed: only what was pipelined after it stays.
+            let mut rest = BytesMut::with_capacity(READ_HEAD.max(buf.len()));
+            rest.extend_from_slice(&buf);
+            buf = rest;
+        }
         if !keep || req.close || *hand.stopped.borrow() {
             return;
         }
@@ -220,6 +232,8 @@ struct Exchange<'a> {
     frame: &'a Bytes,
     req: &'a message::Request,
     fields: &'a [Field],
+    /// The worker is stopping: answers say `Connection: close`.
+    stopped: &'a watch::Receiver<bool>,
 }
 
 impl Exchange<'_> {
@@ -233,9 +247,15 @@ impl Exchange<'_> {
         HeaderValue::from_maybe_shared(f.shared(self.frame)).ok()
     }
 
+    /// The client asked to close, or the worker is stopping: the answer says so and
+    /// the connection ends after it.
+    fn closing(&self) -> bool {
+        self.req.close || *self.stopped.borrow()
+    }
+
     /// Decides, forwards or refuses, and answers the client; `false` when the
     /// connection must close.
-    async fn run(&self, client: &mut TcpStream, scratch: &mut Scratch, close: bool) -> bool {
+    async fn run(&self, client: &mut TcpStream, scratch: &mut Scratch) -> bool {
         let out = &mut scratch.out;
         let shared = self.shared;
         let metrics = &shared.metrics;
@@ -273,7 +293,7 @@ impl Exchange<'_> {
         if let Some(retry_after) = attempt.blocked(shared) {
             line.code = "too_many_failed_attempts";
             let resp = respond::too_many_failures(retry_after, &request_id);
-            return self.refuse(client, out, resp, &mut line, close).await;
+            return self.refuse(client, out, resp, &mut line).await;
         }
         let head = RequestHead {
             method: &req.method,
@@ -292,7 +312,7 @@ impl Exchange<'_> {
             Err(refusal) => {
                 attempt.record(shared, &refusal.denial);
                 let resp = refused(&mut line, &refusal, &req.uri, &self.live.auth.status);
-                return self.refuse(client, out, resp, &mut line, close).await;
+                return self.refuse(client, out, resp, &mut line).await;
             }
         };
         let route = grant.route;
@@ -303,7 +323,7 @@ impl Exchange<'_> {
         let Some(upstream) = settings.upstreams.get(route.upstream) else {
             line.code = "upstream_unavailable";
             let resp = respond::no_upstream(&request_id);
-            return self.refuse(client, out, resp, &mut line, close).await;
+            return self.refuse(client, out, resp, &mut line).await;
         };
         // The request for the upstream.
         let target = match route.key_query_param.as_deref() {
@@ -335,7 +355,7 @@ impl Exchange<'_> {
                     let reset = crate::quota::seconds_until(usage.reset_at, shared.clock.now());
                     headers::insert_rate_limit(resp.headers_mut(), usage.limit, usage.remaining, reset);
                 }
-                return self.refuse(client, out, resp, &mut line, close).await;
+                return self.refuse(client, out, resp, &mut line).await;
             }
         };
         line.code = "forwarded";
@@ -364,7 +384,7 @@ impl Exchange<'_> {
             message::field(out, b"date", date(shared).as_bytes());
         }
         let until_close = answer.head.framing == Framing::UntilClose;
-        if close || until_close {
+        if self.closing() || until_close {
             message::field(out, b"connection", b"close");
         }
         out.extend_from_slice(b"\r\n");
@@ -388,8 +408,8 @@ impl Exchange<'_> {
         out: &mut Vec<u8>,
         resp: Response<Full<Bytes>>,
         line: &mut access::Line<'_>,
-        close: bool,
     ) -> bool {
+        let close = self.closing();
         let settings = &self.live.proxy;
         line.status = resp.status().as_u16();
         self.shared.metrics.request(line.route, line.code);
@@ -500,8 +520,10 @@ struct Answer {
 }
 
 /// Sends `request` (head and body) and reads the answer's head. A pooled connection
-/// that turns out closed before any answer byte is replaced by a new one when the
-/// method is idempotent or the request could not be written.
+/// the upstream closed before the request could be written is replaced by the next
+/// one; one that closed with the request written and no answer byte read is
+/// replaced once, by a new connection, when the method is idempotent (an upstream
+/// that drops every connection a request reaches sees it twice at most).
 async fn send(
     upstream: &super::Upstream,
     limits: forward::Limits,
@@ -515,7 +537,7 @@ async fn send(
         match exchange(stream, request, head_only, limits.response, buf, fields).await {
             Ok(answer) => return Ok(answer),
             Err(Failed::Unsent(_)) => {}
-            Err(Failed::Unanswered(_)) if method.is_idempotent() => {}
+            Err(Failed::Unanswered(_)) if method.is_idempotent() => break,
             Err(Failed::Unanswered(e) | Failed::Other(e)) => return Err(e),
         }
     }
@@ -535,6 +557,7 @@ enum Failed {
     Other(forward::Error),
 }
 
+/// Writes `request` and reads the answer's head, both within `timeout`.
 async fn exchange(
     mut stream: TcpStream,
     request: &[u8],
@@ -543,12 +566,14 @@ async fn exchange(
     buf: &mut BytesMut,
     fields: &mut Vec<Field>,
 ) -> Result<Answer, Failed> {
-    stream
-        .write_all(request)
-        .await
-        .map_err(|e| Failed::Unsent(forward::Error::Io(e)))?;
     buf.clear();
-    let read = async {
+    let answered = async {
+        stream
+            .write_all(request)
+            .await
+            .map_err(|e| Failed::Unsent(forward::Error::Io(e)))?;
+        // Any byte read, an interim answer's too, means the request was taken.
+        let mut heard = false;
         loop {
             if !buf.is_empty() {
                 match message::scan_response(buf, head_only, fields) {
@@ -567,20 +592,19 @@ async fn exchange(
                 }
             }
             buf.reserve(READ_HEAD);
-            let before = buf.len();
             match stream.read_buf(buf).await {
-                Ok(0) if before == 0 => {
+                Ok(0) if !heard => {
                     let closed = std::io::Error::from(std::io::ErrorKind::UnexpectedEof);
                     return Err(Failed::Unanswered(forward::Error::Io(closed)));
                 }
                 Ok(0) => return Err(Failed::Other(forward::Error::Protocol("ended inside its head"))),
-                Ok(_) => {}
-                Err(e) if before == 0 => return Err(Failed::Unanswered(forward::Error::Io(e))),
+                Ok(_) => heard = true,
+                Err(e) if !heard => return Err(Failed::Unanswered(forward::Error::Io(e))),
                 Err(e) => return Err(Failed::Other(forward::Error::Io(e))),
             }
         }
     };
-    let head = tokio::time::timeout(timeout, read)
+    let head = tokio::time::timeout(timeout, answered)
         .await
         .map_err(|_| Failed::Other(forward::Error::Timeout("answer")))??;
     Ok(Answer { stream, head })
