@@ -273,12 +273,10 @@ pub fn scan_response(buf: &[u8], head: bool, fields: &mut Vec<Field>) -> Result<
                 }
             }
         }
-        if !listed.iter().any(|l| l.eq_ignore_ascii_case(name)) {
-            fields.push(Field::at(buf, h));
-        }
+        fields.push(Field::at(buf, h));
     }
     if !listed.is_empty() {
-        // A field named in `Connection` may come before it.
+        // Fields named in `Connection`, before or after it, leave in one pass.
         fields.retain(|f| !listed.iter().any(|l| l.eq_ignore_ascii_case(f.name(buf))));
     }
     let mut reusable = !close && (version == 1 || keep_alive);
