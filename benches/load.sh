@@ -3,7 +3,7 @@
 # mode) against bare hops and, optionally, the nginx anchors.
 #
 #   benches/load.sh                         # full run (SECS=10, ROUNDS=3)
-#   ANCHORS_RUN=1 benches/load.sh           # ... with the nginx-proxy and nginx-lua-redis anchors
+#   ANCHORS_RUN=1 benches/load.sh           # ... with the nginx-proxy, haproxy-proxy and nginx-lua-redis anchors
 #   SECS=2 ROUNDS=1 benches/load.sh         # smoke run: proves the rig works, measures nothing
 #
 # What it measures. Every target answers GET /v1/orgs/acme/items/1 from the same
@@ -14,6 +14,8 @@
 #                       legacy pooled Client); fixed Authorization header
 #   nginx-proxy         (ANCHORS_RUN=1) the bench-anchors bare nginx hop: 2 workers,
 #                       keep-alive upstream pool, no auth work; no extra header
+#   haproxy-proxy       (ANCHORS_RUN=1) the bench-anchors bare HAProxy hop: 2 threads,
+#                       http-keep-alive, http-reuse always; no auth work; no extra header
 #   keygate-localquota  `keygate serve`, 2 workers, embedded SQLite store, quota counted
 #                       locally (an in-process atomic, flushed to SQLite each second),
 #                       rotating over NKEYS keys (wrk-keys.lua; warm L1 cache, TTL 30 s:
@@ -58,8 +60,9 @@
 # Environment: SECS (10), ROUNDS (3) and the other measure.sh knobs pass through;
 # NKEYS (1000) keys to create (for keygate with its CLI, for nginx-lua-redis with
 # seed-keys.py); WARMUP (1) seconds of wrk per proxy before the run (0 = none);
-# ANCHORS_RUN (0): 1 adds the nginx-proxy and nginx-lua-redis anchors, installing
-# them with the bench-anchors install.sh (apt) when nginx or its Lua module is
+# ANCHORS_RUN (0): 1 adds the nginx-proxy, haproxy-proxy and nginx-lua-redis anchors,
+# installing them with the bench-anchors install.sh (apt) when nginx, its Lua module
+# or haproxy is
 # missing and we are root (if that or their start fails, the run goes on without
 # them and says why); ANCHORS (../shared/bench-anchors); KEEP=1 keeps the temp dir
 # (configs, SQLite stores, keys, logs, raw wrk outputs) and the anchors' prefix dirs;
@@ -206,7 +209,10 @@ redis_calls() { # PORT CMD...
 
 # --- packages: Redis (always), nginx anchors (ANCHORS_RUN=1) ---------------------
 NGINX_MODULES_DIR="${NGINX_MODULES_DIR:-/usr/lib/nginx/modules}"
-anchors_ok() { command -v nginx >/dev/null && [ -f "$NGINX_MODULES_DIR/ngx_http_lua_module.so" ]; }
+anchors_ok() {
+    command -v nginx >/dev/null && command -v haproxy >/dev/null &&
+        [ -f "$NGINX_MODULES_DIR/ngx_http_lua_module.so" ]
+}
 ANCHORS_WHY=""   # why the nginx anchors are not in this run (empty: they are)
 [ "$ANCHORS_RUN" = 1 ] || ANCHORS_WHY="ANCHORS_RUN=0"
 if ! command -v redis-server >/dev/null || ! command -v redis-cli >/dev/null ||
@@ -225,11 +231,11 @@ command -v redis-server >/dev/null && command -v redis-cli >/dev/null ||
     die "redis-server/redis-cli not found (keygate-redis needs them): run 'sudo $ANCHORS/install.sh'"
 if [ "$ANCHORS_RUN" = 1 ] && ! anchors_ok; then
     if [ "$(id -u)" = 0 ]; then
-        ANCHORS_WHY="nginx or its Lua module ($NGINX_MODULES_DIR/ngx_http_lua_module.so) is missing after $ANCHORS/install.sh (see above)"
+        ANCHORS_WHY="nginx, its Lua module ($NGINX_MODULES_DIR/ngx_http_lua_module.so) or haproxy is missing after $ANCHORS/install.sh (see above)"
     else
-        ANCHORS_WHY="nginx or its Lua module is missing and we are not root: run 'sudo $ANCHORS/install.sh'"
+        ANCHORS_WHY="nginx, its Lua module or haproxy is missing and we are not root: run 'sudo $ANCHORS/install.sh'"
     fi
-    warn "going on without the nginx anchors: $ANCHORS_WHY"
+    warn "going on without the anchors: $ANCHORS_WHY"
 fi
 
 # --- build ----------------------------------------------------------------------
@@ -348,11 +354,11 @@ check_auth keygate-redis "$KGR_PORT" "$(head -n 1 "$KEYS")" || die "keygate-redi
 [ -n "$(redis-cli -h 127.0.0.1 -p "$REDIS_PORT" --scan --pattern 'keygate:quota:*' | head -n 1)" ] ||
     die "keygate-redis answered 200 but wrote no quota counter to Redis; log: $TMP/keygate-redis.log"
 
-# --- optional anchors: nginx-proxy, nginx-lua-redis ---------------------------------
-NGP_PID=""; NGL_PID=""
+# --- optional anchors: nginx-proxy, haproxy-proxy, nginx-lua-redis -------------------
+NGP_PID=""; NGL_PID=""; HAP_PID=""
 ANCHOR_KEYS="$TMP/anchor-keys.txt"
 if [ -z "$ANCHORS_WHY" ]; then
-    free_port NGP_PORT; free_port NGL_PORT
+    free_port NGP_PORT; free_port NGL_PORT; free_port HAP_PORT
     if ! "$ANCHORS/seed-keys.py" --port "$REDIS_PORT" -n "$NKEYS" --out "$ANCHOR_KEYS" >&2; then
         ANCHORS_WHY="seed-keys.py failed (see above)"
     elif ! start_anchor nginx-proxy "$NGP_PORT" "$UP_PORT"; then
@@ -368,12 +374,18 @@ if [ -z "$ANCHORS_WHY" ]; then
                 ANCHORS_WHY="nginx-proxy answered $code (expected 200)"
             elif ! check_auth nginx-lua-redis "$NGL_PORT" "$(head -n 1 "$ANCHOR_KEYS")"; then
                 ANCHORS_WHY="nginx-lua-redis fails its check (see above)"
+            elif ! start_anchor haproxy-proxy "$HAP_PORT" "$UP_PORT"; then
+                ANCHORS_WHY="start.sh haproxy-proxy failed (see above)"
+            else
+                HAP_PID="$ANCHOR_PID"
+                code="$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 "http://127.0.0.1:$HAP_PORT$REQ_PATH" || true)"
+                [ "$code" = 200 ] || ANCHORS_WHY="haproxy-proxy answered $code (expected 200)"
             fi
         fi
     fi
     if [ -n "$ANCHORS_WHY" ]; then
-        warn "going on without the nginx anchors: $ANCHORS_WHY"
-        NGP_PID=""; NGL_PID=""
+        warn "going on without the anchors: $ANCHORS_WHY"
+        NGP_PID=""; NGL_PID=""; HAP_PID=""
     fi
 fi
 
@@ -395,6 +407,7 @@ if [ "$WARMUP" != 0 ]; then
     warm bare_hop "http://127.0.0.1:$HOP_PORT$REQ_PATH"
     if [ -n "$NGL_PID" ]; then
         warm nginx-proxy "http://127.0.0.1:$NGP_PORT$REQ_PATH"
+        warm haproxy-proxy "http://127.0.0.1:$HAP_PORT$REQ_PATH"
         warm nginx-lua-redis "http://127.0.0.1:$NGL_PORT$REQ_PATH" "$ANCHOR_KEYS"
     fi
 fi
@@ -407,6 +420,7 @@ target() { IDX[$1]=${#TARGETS[@]}; TARGETS+=("$1=$2"); }
 target direct "$UP_PORT"
 target bare-hyper "$HOP_PORT"
 [ -n "$NGP_PID" ] && target nginx-proxy "$NGP_PORT"
+[ -n "$HAP_PID" ] && target haproxy-proxy "$HAP_PORT"
 target keygate-localquota "$KG_PORT,keys:$KEYS"
 target keygate-accesslog "$KGA_PORT,keys:$KEYS"
 target keygate-redis "$KGR_PORT,keys:$KEYS"
@@ -415,10 +429,10 @@ target bare-hyper-keys "$HOP_PORT,keys:$KEYS"
 
 echo "load.sh: upstream :$UP_PORT (pid $UP_PID), bare_hop :$HOP_PORT (pid $HOP_PID)," \
     "keygate-localquota :$KG_PORT (pid $KG_PID), keygate-redis :$KGR_PORT (pid $KGR_PID)," \
-    "redis :$REDIS_PORT (pid $REDIS_PID)${NGL_PID:+, nginx-proxy :$NGP_PORT (pid $NGP_PID), nginx-lua-redis :$NGL_PORT (pid $NGL_PID)}" >&2
+    "redis :$REDIS_PORT (pid $REDIS_PID)${NGL_PID:+, nginx-proxy :$NGP_PORT (pid $NGP_PID), nginx-lua-redis :$NGL_PORT (pid $NGL_PID), haproxy-proxy :$HAP_PORT (pid $HAP_PID)}" >&2
 kga0="$(cpu_ticks "$KGA_PID")"; kg0="$(cpu_ticks "$KG_PID")"; kgr0="$(cpu_ticks "$KGR_PID")"; hop0="$(cpu_ticks "$HOP_PID")"
 redis0="$(cpu_ticks "$REDIS_PID")"
-[ -n "$NGL_PID" ] && { ngp0="$(cpu_ticks_tree "$NGP_PID")"; ngl0="$(cpu_ticks_tree "$NGL_PID")"; }
+[ -n "$NGL_PID" ] && { ngp0="$(cpu_ticks_tree "$NGP_PID")"; ngl0="$(cpu_ticks_tree "$NGL_PID")"; hap0="$(cpu_ticks_tree "$HAP_PID")"; }
 evalsha0="$(redis_calls "$REDIS_PORT" evalsha eval)"; incr0="$(redis_calls "$REDIS_PORT" incr)"
 rc=0
 # In the background so that a signal runs the cleanup at once, not after the rounds.
@@ -428,7 +442,7 @@ wait "$MPID" || rc=$?
 MPID=""
 kga1="$(cpu_ticks "$KGA_PID")"; kg1="$(cpu_ticks "$KG_PID")"; kgr1="$(cpu_ticks "$KGR_PID")"; hop1="$(cpu_ticks "$HOP_PID")"
 redis1="$(cpu_ticks "$REDIS_PID")"
-[ -n "$NGL_PID" ] && { ngp1="$(cpu_ticks_tree "$NGP_PID")"; ngl1="$(cpu_ticks_tree "$NGL_PID")"; }
+[ -n "$NGL_PID" ] && { ngp1="$(cpu_ticks_tree "$NGP_PID")"; ngl1="$(cpu_ticks_tree "$NGL_PID")"; hap1="$(cpu_ticks_tree "$HAP_PID")"; }
 evalsha1="$(redis_calls "$REDIS_PORT" evalsha eval)"; incr1="$(redis_calls "$REDIS_PORT" incr)"
 grep -v '^raw wrk outputs:' "$TMP/table.txt" || true
 
@@ -448,7 +462,9 @@ requests() {
     echo "$sum"
 }
 TCK="$(getconf CLK_TCK)"
-cpu_row() { # NAME TICKS REQUESTS
+declare -A CPU_US   # target name -> CPU µs per request (for the ratios below)
+cpu_row() { # NAME TICKS REQUESTS [TARGET]
+    [ -n "${4:-}" ] && CPU_US[$4]="$(awk -v t="$2" -v hz="$TCK" -v n="$3" 'BEGIN { if (n > 0) printf "%.3f", t / hz * 1e6 / n }')"
     awk -v name="$1" -v t="$2" -v hz="$TCK" -v n="$3" 'BEGIN {
         s = t / hz
         printf "%-48s %10.2f %12d %12s\n", name, s, n, (n > 0 ? sprintf("%.1f", s * 1e6 / n) : "-") }'
@@ -456,17 +472,45 @@ cpu_row() { # NAME TICKS REQUESTS
 echo
 printf '%-48s %10s %12s %12s\n' process "CPU s" requests "CPU µs/req"
 printf '%-48s %10s %12s %12s\n' ------------------------------------------------ ---------- ------------ ------------
-cpu_row "keygate (keygate-localquota)" $((kg1 - kg0)) "$(requests keygate-localquota)"
+cpu_row "keygate (keygate-localquota)" $((kg1 - kg0)) "$(requests keygate-localquota)" keygate-localquota
 cpu_row "keygate (keygate-accesslog)" $((kga1 - kga0)) "$(requests keygate-accesslog)"
-cpu_row "keygate (keygate-redis)" $((kgr1 - kgr0)) "$(requests keygate-redis)"
+cpu_row "keygate (keygate-redis)" $((kgr1 - kgr0)) "$(requests keygate-redis)" keygate-redis
 if [ -n "$NGL_PID" ]; then
-    cpu_row "nginx, master+workers (nginx-proxy)" $((ngp1 - ngp0)) "$(requests nginx-proxy)"
-    cpu_row "nginx, master+workers (nginx-lua-redis)" $((ngl1 - ngl0)) "$(requests nginx-lua-redis)"
+    cpu_row "nginx, master+workers (nginx-proxy)" $((ngp1 - ngp0)) "$(requests nginx-proxy)" nginx-proxy
+    cpu_row "nginx, master+workers (nginx-lua-redis)" $((ngl1 - ngl0)) "$(requests nginx-lua-redis)" nginx-lua-redis
+    cpu_row "haproxy (haproxy-proxy)" $((hap1 - hap0)) "$(requests haproxy-proxy)" haproxy-proxy
     cpu_row "redis-server (keygate-redis + nginx-lua-redis)" $((redis1 - redis0)) "$(requests keygate-redis nginx-lua-redis)"
 else
     cpu_row "redis-server (keygate-redis)" $((redis1 - redis0)) "$(requests keygate-redis)"
 fi
 cpu_row "bare_hop (bare-hyper + bare-hyper-keys)" $((hop1 - hop0)) "$(requests bare-hyper bare-hyper-keys)"
+
+# --- the ratios the targets are set in (median req/s and p99 of the table, CPU above) --
+# Per round too: a ratio of one interleaved round, so the spread shows.
+col() { awk -v t="$1" -v c="$2" '$1 == t { print $c; exit }' "$TMP/table.txt"; }
+div() { awk -v a="$1" -v b="$2" 'BEGIN { if (a != "" && b != "" && b > 0) printf "%.2f", a / b; else print "-" }'; }
+rounds_ratio() { # A B: req/s of A over B in each round
+    local out="" r a b
+    for ((r = 1; r <= ROUNDS; r++)); do
+        a="$(awk -F'\t' -v r="$r" -v i="${IDX[$1]}" '$1 == r && $2 == i { print $3 }' "$RAW/results.tsv")"
+        b="$(awk -F'\t' -v r="$r" -v i="${IDX[$2]}" '$1 == r && $2 == i { print $3 }' "$RAW/results.tsv")"
+        out+="${out:+ }$(div "$a" "$b")"
+    done
+    echo "$out"
+}
+ratio_row() { # A B
+    [ -n "${IDX[$1]:-}" ] && [ -n "${IDX[$2]:-}" ] || return 0
+    printf '%-40s %8s %8s %8s  %s\n' "$1 / $2" "$(div "$(col "$1" 3)" "$(col "$2" 3)")" \
+        "$(div "$(col "$1" 4)" "$(col "$2" 4)")" "$(div "${CPU_US[$1]:-}" "${CPU_US[$2]:-}")" "$(rounds_ratio "$1" "$2")"
+}
+echo
+printf '%-40s %8s %8s %8s  %s\n' ratio req/s p99 "CPU/req" "req/s by round"
+printf '%-40s %8s %8s %8s  %s\n' ---------------------------------------- -------- -------- -------- --------------
+ratio_row keygate-localquota nginx-proxy
+ratio_row keygate-localquota haproxy-proxy
+ratio_row keygate-redis keygate-localquota
+ratio_row keygate-redis nginx-lua-redis
+ratio_row keygate-localquota bare-hyper-keys
 
 n_kga="$(requests keygate-accesslog)"
 echo "access lines written by keygate-accesslog: $(grep -c 'keygate::access' "$TMP/keygate-access.log" || true) (completed requests: $n_kga, plus warm-up)"
@@ -498,9 +542,9 @@ echo
 echo "CPU: utime+stime from /proc/PID/stat over the whole run (idle time while other targets ran included), CLK_TCK=$TCK; requests: wrk's completed count summed over rounds; the Redis targets' own rows leave out Redis' CPU (its row)"
 echo "keygate: $NKEYS keys rotated (warm L1, TTL 30 s), 2 workers + 1 control thread; keygate-localquota: embedded SQLite store, local quota; keygate-redis: same + Redis L2 (TTL 60 s) and quota leased from Redis in blocks of up to 64 (one EVALSHA per lease), on_redis_error=deny; bare_hop: 2-worker multi-thread runtime, hyper-util legacy Client"
 if [ -n "$NGL_PID" ]; then
-    echo "nginx anchors: 2 workers, keep-alive upstream pool; nginx-lua-redis: $NKEYS seeded keys rotated (per-worker lrucache, TTL 30 s), INCR+EXPIRE pipeline per request; one private in-memory Redis for both Redis targets"
+    echo "anchors: nginx 2 workers, keep-alive upstream pool; haproxy 2 threads, http-reuse always; nginx-lua-redis: $NKEYS seeded keys rotated (per-worker lrucache, TTL 30 s), INCR+EXPIRE pipeline per request; one private in-memory Redis for both Redis targets"
 else
-    echo "nginx anchors: not in this run ($ANCHORS_WHY)"
+    echo "anchors: not in this run ($ANCHORS_WHY)"
 fi
 echo "compare keygate-redis with nginx-lua-redis (same work), keygate-localquota with the bare hops; one interleaved run: quote ratios to direct / the bare hop, not absolute req/s (bench-anchors README)"
 exit "$rc"

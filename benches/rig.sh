@@ -10,7 +10,8 @@ cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 
 trap cleanup EXIT
 example_flags=()
 for e in ${EXAMPLES:-}; do example_flags+=(--example "$e"); done
-(cd "$ROOT" && cargo build --release --bin keygate --example bench_upstream "${example_flags[@]}") >&2
+# BUILD=0 skips the build (the binaries in the target dir are used as they are).
+[ "${BUILD:-1}" = 0 ] || (cd "$ROOT" && cargo build --release --bin keygate --example bench_upstream "${example_flags[@]}") >&2
 T="${CARGO_TARGET_DIR:-$ROOT/target}/release"
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 UP=$(port); PX=$(port); AD=$(port)

@@ -73,7 +73,9 @@ impl L1 {
     /// An empty cache.
     pub fn new(settings: Settings, clock: SharedClock) -> Self {
         Self {
-            map: DashMap::with_capacity(settings.capacity.min(1 << 16)),
+            // Grown as keys arrive: a table sized for `capacity` up front would spread a
+            // few thousand hot keys over megabytes, a cache and TLB miss per lookup.
+            map: DashMap::new(),
             negatives: DashMap::new(),
             settings,
             clock,
