@@ -34,6 +34,7 @@ use hyper_util::server::graceful::Watcher;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
+use tokio::time::Sleep;
 
 use super::{Attempt, Live, Shared, access, client, forward, headers, refused, respond};
 use crate::auth::{self, RequestHead};
@@ -66,12 +67,13 @@ pub(super) struct Handover {
 pub(super) async fn serve(mut client: TcpStream, peer: SocketAddr, shared: Arc<Shared>, mut hand: Handover) {
     let mut buf = BytesMut::with_capacity(READ_HEAD);
     let mut fields = Vec::with_capacity(16);
-    let mut scratch = Scratch::default();
+    let mut scratch = Scratch::new(hand.idle);
     let mut valid_host = Vec::new();
     loop {
         // A whole head, and the body it announces, within `idle` of the previous
         // answer (a slow sender cannot stretch it byte by byte).
-        let deadline = tokio::time::Instant::now() + hand.idle;
+        let idle = scratch.idle.as_mut();
+        idle.reset(tokio::time::Instant::now() + hand.idle);
         let mut head = None;
         let req = loop {
             if head.is_none() && !buf.is_empty() {
@@ -99,7 +101,7 @@ pub(super) async fn serve(mut client: TcpStream, peer: SocketAddr, shared: Arc<S
                     Ok(0) | Err(_) => return,
                     Ok(_) => {}
                 },
-                () = tokio::time::sleep_until(deadline) => return,
+                () = scratch.idle.as_mut() => return,
                 _ = hand.stopped.changed(), if buf.is_empty() => return,
             }
         };
@@ -199,26 +201,42 @@ impl AsyncWrite for Rewound {
 }
 
 /// What a connection's requests reuse instead of allocating each time.
-#[derive(Default)]
 struct Scratch {
+    /// The deadline for the next request, and the one for an upstream's answer.
+    /// Each lives as long as the connection and is pushed later request by request:
+    /// a timer moved later is one atomic store, while a new timer is an insert into
+    /// and a removal from the runtime's timer wheel per request.
+    idle: Pin<Box<Sleep>>,
+    answer: Pin<Box<Sleep>>,
     /// Bytes about to be written, to the upstream or the client.
     out: Vec<u8>,
     /// The request fields the decision reads.
     read: HeaderMap,
     /// The answer's bytes as read from the upstream.
-    answer: BytesMut,
+    answer_bytes: BytesMut,
     /// The answer head's fields.
     answer_fields: Vec<Field>,
 }
 
 impl Scratch {
+    fn new(idle: Duration) -> Self {
+        Self {
+            idle: Box::pin(tokio::time::sleep(idle)),
+            answer: Box::pin(tokio::time::sleep(idle)),
+            out: Vec::new(),
+            read: HeaderMap::new(),
+            answer_bytes: BytesMut::new(),
+            answer_fields: Vec::new(),
+        }
+    }
+
     /// Lets go of room a large message needed, so that idle connections stay small.
     fn trim(&mut self) {
         if self.out.capacity() > 2 * READ_HEAD {
             self.out = Vec::new();
         }
-        if self.answer.capacity() > READ_HEAD {
-            self.answer = BytesMut::new();
+        if self.answer_bytes.capacity() > READ_HEAD {
+            self.answer_bytes = BytesMut::new();
         }
     }
 }
@@ -337,9 +355,11 @@ impl Exchange<'_> {
             response: settings.response_timeout,
             pool_size: settings.pool_size,
         };
-        let buf = &mut scratch.answer;
+        let buf = &mut scratch.answer_bytes;
         let fields = &mut scratch.answer_fields;
-        let sent = send(upstream, limits, &req.method, out, buf, fields).await;
+        let timer = scratch.answer.as_mut();
+        let deadline = tokio::time::Instant::from_std(decided_at) + limits.response;
+        let sent = send(upstream, limits, &req.method, out, buf, fields, timer, deadline).await;
         let answered_at = Instant::now();
         let upstream_time = answered_at.duration_since(decided_at);
         metrics.upstream(upstream_time.as_secs_f64());
@@ -524,6 +544,10 @@ struct Answer {
 /// one; one that closed with the request written and no answer byte read is
 /// replaced once, by a new connection, when the method is idempotent (an upstream
 /// that drops every connection a request reaches sees it twice at most).
+///
+/// The first attempt must answer by `deadline` (`timer` is set to it); each further
+/// one gets the whole `limits.response` again.
+#[allow(clippy::too_many_arguments)]
 async fn send(
     upstream: &super::Upstream,
     limits: forward::Limits,
@@ -531,10 +555,18 @@ async fn send(
     request: &[u8],
     buf: &mut BytesMut,
     fields: &mut Vec<Field>,
+    mut timer: Pin<&mut Sleep>,
+    deadline: tokio::time::Instant,
 ) -> Result<Answer, forward::Error> {
     let head_only = method == Method::HEAD;
+    let mut next = Some(deadline);
+    let mut deadline = || {
+        next.take()
+            .unwrap_or_else(|| tokio::time::Instant::now() + limits.response)
+    };
     while let Some(stream) = upstream::checkout(upstream.authority()) {
-        match exchange(stream, request, head_only, limits.response, buf, fields).await {
+        timer.as_mut().reset(deadline());
+        match exchange(stream, request, head_only, timer.as_mut(), buf, fields).await {
             Ok(answer) => return Ok(answer),
             Err(Failed::Unsent(_)) => {}
             Err(Failed::Unanswered(_)) if method.is_idempotent() => break,
@@ -542,7 +574,8 @@ async fn send(
         }
     }
     let stream = forward::dial(upstream, limits.connect).await?;
-    exchange(stream, request, head_only, limits.response, buf, fields)
+    timer.as_mut().reset(deadline());
+    exchange(stream, request, head_only, timer, buf, fields)
         .await
         .map_err(|(Failed::Unanswered(e) | Failed::Unsent(e) | Failed::Other(e))| e)
 }
@@ -557,12 +590,12 @@ enum Failed {
     Other(forward::Error),
 }
 
-/// Writes `request` and reads the answer's head, both within `timeout`.
+/// Writes `request` and reads the answer's head, both before `timer` fires.
 async fn exchange(
     mut stream: TcpStream,
     request: &[u8],
     head_only: bool,
-    timeout: Duration,
+    timer: Pin<&mut Sleep>,
     buf: &mut BytesMut,
     fields: &mut Vec<Field>,
 ) -> Result<Answer, Failed> {
@@ -604,9 +637,11 @@ async fn exchange(
             }
         }
     };
-    let head = tokio::time::timeout(timeout, answered)
-        .await
-        .map_err(|_| Failed::Other(forward::Error::Timeout("answer")))??;
+    let head = tokio::select! {
+        biased;
+        head = answered => head?,
+        () = timer => return Err(Failed::Other(forward::Error::Timeout("answer"))),
+    };
     Ok(Answer { stream, head })
 }
 
