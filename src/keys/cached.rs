@@ -19,7 +19,8 @@ use crate::clock::unix_nanos;
 
 /// A key as the caches hold it: 144 bytes, so that with its reference counts it
 /// fits mimalloc's 160-byte size class (times as unix nanoseconds, the quota limit
-/// and the pause behind one flags byte; `examples/l1_footprint.rs` measures it).
+/// and the pause behind one flags byte, the scope set behind a thin pointer;
+/// `examples/l1_footprint.rs` measures it).
 #[derive(Debug, Clone, PartialEq)]
 pub struct CachedKey {
     /// Stable id.
@@ -33,7 +34,7 @@ pub struct CachedKey {
     /// Environment the key was issued for.
     pub environment: Arc<str>,
     /// Granted scopes.
-    pub scopes: Arc<[Arc<str>]>,
+    pub scopes: Arc<Scopes>,
     /// Further limits.
     pub restrictions: Arc<Restrictions>,
     /// The key's own quota limit, when `OWN_QUOTA` is set.
@@ -45,6 +46,20 @@ pub struct CachedKey {
     /// When it was revoked, unix ns (`NEVER`: it was not).
     revoked_at_ns: i64,
     flags: u8,
+    /// The quota counter of the key's current period, once a charge looked it up.
+    pub quota: crate::quota::Slot,
+}
+
+/// A key's scope set: a slice behind one thin pointer (keys share the sets).
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct Scopes(Box<[Arc<str>]>);
+
+impl std::ops::Deref for Scopes {
+    type Target = [Arc<str>];
+
+    fn deref(&self) -> &[Arc<str>] {
+        &self.0
+    }
 }
 
 const PAUSED: u8 = 1;
@@ -100,6 +115,7 @@ impl From<&KeyRecord> for CachedKey {
             expires_at_ns: record.expires_at.map_or(NEVER, unix_nanos),
             revoked_at_ns: record.revoked_at.map_or(NEVER, unix_nanos),
             flags: (u8::from(record.paused) * PAUSED) | (u8::from(record.quota_limit.is_some()) * OWN_QUOTA),
+            quota: crate::quota::Slot::default(),
         }
     }
 }
@@ -135,7 +151,7 @@ impl<T: ?Sized + Eq + Hash> Interner<T> {
 }
 
 static STRINGS: LazyLock<Mutex<Interner<str>>> = LazyLock::new(|| Mutex::new(Interner::new()));
-static SCOPE_SETS: LazyLock<Mutex<Interner<[Arc<str>]>>> = LazyLock::new(|| Mutex::new(Interner::new()));
+static SCOPE_SETS: LazyLock<Mutex<Interner<Scopes>>> = LazyLock::new(|| Mutex::new(Interner::new()));
 
 fn intern_str(s: &str) -> Arc<str> {
     // A poisoned interner still holds valid strings: keep using it.
@@ -143,12 +159,12 @@ fn intern_str(s: &str) -> Arc<str> {
     strings.get(s, || Arc::from(s))
 }
 
-fn intern_scopes(scopes: &[String]) -> Arc<[Arc<str>]> {
-    let scopes: Vec<Arc<str>> = scopes.iter().map(|s| intern_str(s)).collect();
+fn intern_scopes(scopes: &[String]) -> Arc<Scopes> {
+    let scopes = Scopes(scopes.iter().map(|s| intern_str(s)).collect());
     let mut sets = SCOPE_SETS
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    sets.get(&scopes, || Arc::from(scopes.as_slice()))
+    sets.get(&scopes, || Arc::new(Scopes(scopes.0.clone())))
 }
 
 #[cfg(test)]

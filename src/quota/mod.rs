@@ -119,6 +119,42 @@ struct Counter {
     window_end_ns: i64,
 }
 
+/// Where a cached key keeps the counter of its current period, so that a charge
+/// reaches it without a lookup in the map of counters (a hash, a shard lock and a
+/// cache miss per request) or working out the period again. It holds a cache of the
+/// map's entry, never the only copy: a counter stays in the map while its period
+/// runs, and a counter whose period is over is looked up afresh.
+#[derive(Default)]
+pub struct Slot(arc_swap::ArcSwapOption<Counter>);
+
+impl Slot {
+    /// The counter held, when its period holds `now_ns`.
+    fn current(&self, now_ns: i64) -> Option<Arc<Counter>> {
+        self.0
+            .load_full()
+            .filter(|c| c.window_start_ns <= now_ns && now_ns < c.window_end_ns)
+    }
+}
+
+impl Clone for Slot {
+    fn clone(&self) -> Self {
+        Self(arc_swap::ArcSwapOption::new(self.0.load_full()))
+    }
+}
+
+/// A cache, not part of what a key is.
+impl PartialEq for Slot {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl std::fmt::Debug for Slot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Slot")
+    }
+}
+
 /// `Counter::load_state` once the stored count was added: later than any retry time.
 const LOADED: i64 = i64::MAX;
 
@@ -227,9 +263,16 @@ impl Counters {
     /// [`Error::Exceeded`] when the charge does not fit; [`Error::Unavailable`] when
     /// Redis is unreachable and the policy is `deny`.
     pub async fn charge(&self, key: &CachedKey, cost: u64, now: DateTime<Utc>) -> Result<Usage, Error> {
-        let window = self.settings.period.window(key.created_at(), now);
         let limit = key.quota_limit().unwrap_or_else(|| self.default_limit());
-        let counter = self.counter(key.id, window);
+        let counter = match key.quota.current(crate::clock::unix_nanos(now)) {
+            Some(counter) => counter,
+            None => {
+                let counter = self.counter(key.id, self.settings.period.window(key.created_at(), now));
+                key.quota.0.store(Some(Arc::clone(&counter)));
+                counter
+            }
+        };
+        let window = counter.window();
         if !counter.loaded() {
             self.load(key.id, &counter, now).await;
         }
