@@ -1,7 +1,17 @@
 //! Prometheus metrics: one `Metrics` per running keygate, rendered at `/metrics` on
 //! the admin listener. Labels are route names and outcome codes only — never key
 //! ids, keys or raw paths — so every label set is bounded by the configuration.
+//!
+//! The metrics every request updates (requests, the two latency histograms, in
+//! flight, cache lookups) have one copy per thread that updates them, summed when
+//! scraped: one shared copy would have both workers write the same few cache lines
+//! on every request. A scrape sees every update made before it, as with one copy.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::{self, MetricFamily, MetricType};
 use prometheus::{
     Encoder as _, Histogram, HistogramOpts, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
@@ -12,14 +22,14 @@ const BUCKETS: &[f64] = &[
     10.0,
 ];
 
+/// Copies of the per-request metrics: threads beyond this many share them (still
+/// exact, only slower).
+const SHARDS: usize = 16;
+
 /// The metrics of one keygate.
 pub struct Metrics {
     registry: Registry,
-    requests: IntCounterVec,
-    decision: Histogram,
-    upstream: Histogram,
-    in_flight: IntGauge,
-    cache: IntCounterVec,
+    hot: Arc<[Hot]>,
     dependency_errors: IntCounterVec,
     reloads: IntCounterVec,
     reload_ok: IntGauge,
@@ -47,40 +57,7 @@ impl Metrics {
     #[allow(clippy::expect_used)]
     pub fn new() -> Self {
         let registry = Registry::new();
-        let requests = IntCounterVec::new(
-            Opts::new(
-                "keygate_requests_total",
-                "Requests by route name and outcome code (forwarded, or the refusal code).",
-            ),
-            &["route", "code"],
-        )
-        .expect("valid metric");
-        let decision = Histogram::with_opts(
-            HistogramOpts::new(
-                "keygate_decision_duration_seconds",
-                "Time to decide a request (route, key, scopes, quota).",
-            )
-            .buckets(BUCKETS.to_vec()),
-        )
-        .expect("valid metric");
-        let upstream = Histogram::with_opts(
-            HistogramOpts::new(
-                "keygate_upstream_duration_seconds",
-                "Time from sending to the upstream to its response head.",
-            )
-            .buckets(BUCKETS.to_vec()),
-        )
-        .expect("valid metric");
-        let in_flight =
-            IntGauge::new("keygate_requests_in_flight", "Requests being handled now.").expect("valid metric");
-        let cache = IntCounterVec::new(
-            Opts::new(
-                "keygate_cache_lookups_total",
-                "Key lookups by cache layer (l1, l2, store) and result (hit, negative, miss, coalesced, error).",
-            ),
-            &["layer", "result"],
-        )
-        .expect("valid metric");
+        let hot: Arc<[Hot]> = (0..SHARDS).map(|_| Hot::new()).collect();
         let dependency_errors = IntCounterVec::new(
             Opts::new(
                 "keygate_dependency_errors_total",
@@ -132,11 +109,7 @@ impl Metrics {
         .expect("valid metric");
         build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
         for m in [
-            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
-            Box::new(decision.clone()),
-            Box::new(upstream.clone()),
-            Box::new(in_flight.clone()),
-            Box::new(cache.clone()),
+            Box::new(Summed(Arc::clone(&hot))) as Box<dyn Collector>,
             Box::new(dependency_errors.clone()),
             Box::new(reloads.clone()),
             Box::new(reload_ok.clone()),
@@ -148,17 +121,22 @@ impl Metrics {
         }
         Self {
             registry,
-            requests,
-            decision,
-            upstream,
-            in_flight,
-            cache,
+            hot,
             dependency_errors,
             reloads,
             reload_ok,
             hygiene,
             mcp,
         }
+    }
+
+    /// This thread's copy of the per-request metrics.
+    fn hot(&self) -> &Hot {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        thread_local! {
+            static SHARD: usize = NEXT.fetch_add(1, Ordering::Relaxed);
+        }
+        &self.hot[SHARD.with(|i| *i) % self.hot.len()]
     }
 
     /// Counts one JSON-RPC message on an MCP route.
@@ -173,28 +151,29 @@ impl Metrics {
 
     /// Counts one finished request.
     pub fn request(&self, route: &str, code: &str) {
-        self.requests.with_label_values(&[route, code]).inc();
+        self.hot().requests.with_label_values(&[route, code]).inc();
     }
 
     /// Records how long a decision took.
     pub fn decision(&self, seconds: f64) {
-        self.decision.observe(seconds);
+        self.hot().decision.observe(seconds);
     }
 
     /// Records how long the upstream took to its response head.
     pub fn upstream(&self, seconds: f64) {
-        self.upstream.observe(seconds);
+        self.hot().upstream.observe(seconds);
     }
 
     /// Counts a request as in flight until the guard drops.
     pub fn in_flight(&self) -> InFlight<'_> {
-        self.in_flight.inc();
-        InFlight(&self.in_flight)
+        let gauge = &self.hot().in_flight;
+        gauge.inc();
+        InFlight(gauge)
     }
 
     /// Counts one cache lookup.
     pub fn cache(&self, layer: &'static str, result: &'static str) {
-        self.cache.with_label_values(&[layer, result]).inc();
+        self.hot().cache.with_label_values(&[layer, result]).inc();
     }
 
     /// Counts a failed call to `dependency` (`store` or `redis`).
@@ -228,5 +207,180 @@ pub struct InFlight<'a>(&'a IntGauge);
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         self.0.dec();
+    }
+}
+
+/// One copy of the metrics each request updates.
+struct Hot {
+    requests: IntCounterVec,
+    decision: Histogram,
+    upstream: Histogram,
+    in_flight: IntGauge,
+    cache: IntCounterVec,
+}
+
+impl Hot {
+    #[allow(clippy::expect_used)]
+    fn new() -> Self {
+        let histogram = |name: &str, help: &str| {
+            Histogram::with_opts(HistogramOpts::new(name, help).buckets(BUCKETS.to_vec()))
+                .expect("valid metric")
+        };
+        Self {
+            requests: IntCounterVec::new(
+                Opts::new(
+                    "keygate_requests_total",
+                    "Requests by route name and outcome code (forwarded, or the refusal code).",
+                ),
+                &["route", "code"],
+            )
+            .expect("valid metric"),
+            decision: histogram(
+                "keygate_decision_duration_seconds",
+                "Time to decide a request (route, key, scopes, quota).",
+            ),
+            upstream: histogram(
+                "keygate_upstream_duration_seconds",
+                "Time from sending to the upstream to its response head.",
+            ),
+            in_flight: IntGauge::new("keygate_requests_in_flight", "Requests being handled now.")
+                .expect("valid metric"),
+            cache: IntCounterVec::new(
+                Opts::new(
+                    "keygate_cache_lookups_total",
+                    "Key lookups by cache layer (l1, l2, store) and result (hit, negative, miss, coalesced, error).",
+                ),
+                &["layer", "result"],
+            )
+            .expect("valid metric"),
+        }
+    }
+
+    fn collectors(&self) -> [&dyn Collector; 5] {
+        [
+            &self.requests,
+            &self.decision,
+            &self.upstream,
+            &self.in_flight,
+            &self.cache,
+        ]
+    }
+}
+
+/// The copies of [`Hot`] as one set of metrics: per label set, counters, gauges and
+/// histograms (counts, sums, buckets) add up.
+struct Summed(Arc<[Hot]>);
+
+impl Collector for Summed {
+    fn desc(&self) -> Vec<&Desc> {
+        self.0
+            .first()
+            .map(|hot| hot.collectors().into_iter().flat_map(|c| c.desc()).collect())
+            .unwrap_or_default()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let mut families: Vec<MetricFamily> = Vec::new();
+        for hot in self.0.iter() {
+            for mut family in hot.collectors().into_iter().flat_map(|c| c.collect()) {
+                match families.iter_mut().find(|f| f.name() == family.name()) {
+                    Some(sum) => {
+                        let kind = sum.get_field_type();
+                        for metric in family.take_metric() {
+                            let same = sum
+                                .get_metric()
+                                .iter()
+                                .position(|m| m.get_label() == metric.get_label());
+                            match same {
+                                Some(i) => add(kind, &mut sum.mut_metric()[i], &metric),
+                                None => sum.mut_metric().push(metric),
+                            }
+                        }
+                    }
+                    None => families.push(family),
+                }
+            }
+        }
+        families
+    }
+}
+
+/// Adds `more` to `sum`, two samples of one metric with the same labels.
+fn add(kind: MetricType, sum: &mut proto::Metric, more: &proto::Metric) {
+    match kind {
+        MetricType::COUNTER => {
+            let mut c = proto::Counter::default();
+            c.set_value(sum.get_counter().get_value() + more.get_counter().get_value());
+            sum.set_counter(c);
+        }
+        MetricType::GAUGE => {
+            let mut g = proto::Gauge::default();
+            g.set_value(sum.get_gauge().get_value() + more.get_gauge().get_value());
+            sum.set_gauge(g);
+        }
+        MetricType::HISTOGRAM => {
+            let (a, b) = (sum.get_histogram(), more.get_histogram());
+            let mut h = proto::Histogram::default();
+            h.set_sample_count(a.get_sample_count() + b.get_sample_count());
+            h.set_sample_sum(a.get_sample_sum() + b.get_sample_sum());
+            h.set_bucket(
+                a.get_bucket()
+                    .iter()
+                    .zip(b.get_bucket())
+                    .map(|(x, y)| {
+                        let mut bucket = x.clone();
+                        bucket.set_cumulative_count(x.cumulative_count() + y.cumulative_count());
+                        bucket
+                    })
+                    .collect(),
+            );
+            sum.set_histogram(h);
+        }
+        // Only the kinds above have copies.
+        MetricType::SUMMARY | MetricType::UNTYPED => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn copies_on_many_threads_scrape_as_one_set_of_metrics() {
+        let metrics = Metrics::new();
+        let held = metrics.in_flight();
+        std::thread::scope(|s| {
+            for i in 0..SHARDS + 3 {
+                let metrics = &metrics;
+                s.spawn(move || {
+                    let _in_flight = metrics.in_flight();
+                    metrics.request("items", "forwarded");
+                    metrics.decision(0.000_2);
+                    metrics.upstream(if i % 2 == 0 { 0.003 } else { 2.0 });
+                    metrics.cache("l1", "hit");
+                });
+            }
+        });
+        metrics.request("items", "quota_exceeded");
+        let text = metrics.render();
+        let n = SHARDS + 3;
+        for line in [
+            format!(r#"keygate_requests_total{{code="forwarded",route="items"}} {n}"#),
+            r#"keygate_requests_total{code="quota_exceeded",route="items"} 1"#.to_owned(),
+            format!(r#"keygate_cache_lookups_total{{layer="l1",result="hit"}} {n}"#),
+            format!("keygate_decision_duration_seconds_count {n}"),
+            format!(r#"keygate_decision_duration_seconds_bucket{{le="0.00025"}} {n}"#),
+            format!(
+                r#"keygate_upstream_duration_seconds_bucket{{le="0.005"}} {}"#,
+                n.div_ceil(2)
+            ),
+            format!(r#"keygate_upstream_duration_seconds_bucket{{le="+Inf"}} {n}"#),
+            "keygate_requests_in_flight 1".to_owned(),
+        ] {
+            assert!(text.contains(&line), "{line} missing from\n{text}");
+        }
+        assert_eq!(text.matches("# TYPE keygate_requests_total counter").count(), 1);
+        drop(held);
+        assert!(metrics.render().contains("keygate_requests_in_flight 0"));
     }
 }

@@ -69,6 +69,9 @@ pub(super) async fn serve(mut client: TcpStream, peer: SocketAddr, shared: Arc<S
     let mut fields = Vec::with_capacity(16);
     let mut scratch = Scratch::new(hand.idle);
     let mut valid_host = Vec::new();
+    // The config in force, revalidated per request by one read of the shared pointer
+    // (taking a reference per request writes a count both workers share).
+    let mut config = arc_swap::Cache::new(Arc::clone(&shared.live));
     loop {
         // A whole head, and the body it announces, within `idle` of the previous
         // answer (a slow sender cannot stretch it byte by byte).
@@ -105,7 +108,7 @@ pub(super) async fn serve(mut client: TcpStream, peer: SocketAddr, shared: Arc<S
                 _ = hand.stopped.changed(), if buf.is_empty() => return,
             }
         };
-        let live = shared.live.load_full();
+        let live = config.load();
         if live.auth.routes.has_mcp()
             && live
                 .auth
@@ -118,7 +121,7 @@ pub(super) async fn serve(mut client: TcpStream, peer: SocketAddr, shared: Arc<S
         let frame = buf.split_to(req.len + req.body).freeze();
         let exchange = Exchange {
             shared: &shared,
-            live: &live,
+            live,
             peer,
             frame: &frame,
             req: &req,
