@@ -391,8 +391,10 @@ impl Exchange<'_> {
         out.clear();
         let head = &buf[..answer.head.len];
         let dated = message::write_answer_head(out, head, answer.head.status, fields, usage.is_some());
+        // One read of the clock for `RateLimit-Reset` and `Date`.
+        let now = shared.clock.now();
         if let Some(usage) = usage {
-            let reset = crate::quota::seconds_until(usage.reset_at, shared.clock.now());
+            let reset = crate::quota::seconds_until(usage.reset_at, now);
             let mut digits = [0u8; 20];
             for (name, value) in headers::rate_limit_fields(usage.limit, usage.remaining, reset) {
                 message::field(
@@ -404,7 +406,7 @@ impl Exchange<'_> {
         }
         message::field(out, b"x-request-id", request_id.as_bytes());
         if !dated {
-            message::field(out, b"date", date(shared).as_bytes());
+            message::field(out, b"date", date(now).as_bytes());
         }
         let until_close = answer.head.framing == Framing::UntilClose;
         if self.closing() || until_close {
@@ -450,7 +452,7 @@ impl Exchange<'_> {
         message::write_own(
             out,
             &Response::from_parts(parts, body),
-            date(self.shared).as_bytes(),
+            date(self.shared.clock.now()).as_bytes(),
             close,
             head_only,
         );
@@ -720,13 +722,12 @@ async fn relay(
     true
 }
 
-/// The `Date` value, formatted once a second per thread.
-fn date(shared: &Shared) -> HeaderValue {
+/// The `Date` value at `now`, formatted once a second per thread.
+fn date(now: chrono::DateTime<chrono::Utc>) -> HeaderValue {
     use std::cell::RefCell;
     thread_local! {
         static DATE: RefCell<(i64, HeaderValue)> = const { RefCell::new((i64::MIN, HeaderValue::from_static(""))) };
     }
-    let now = shared.clock.now();
     let second = now.timestamp();
     DATE.with_borrow_mut(|(at, value)| {
         if *at != second {
