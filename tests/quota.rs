@@ -114,6 +114,34 @@ async fn the_quota_renews_with_the_calendar_month_and_retry_after_says_when(back
     app.stop().await;
 }
 
+both_stores!(a_key_still_cached_when_its_period_ends_starts_the_next_one_afresh);
+/// A cached key keeps its period's counter; the next period must not charge it.
+async fn a_key_still_cached_when_its_period_ends_starts_the_next_one_afresh(backend: Backend) {
+    let start: DateTime<Utc> = "2026-03-31T23:59:50Z".parse().expect("time");
+    let clock = ManualClock::new(start);
+    let Some(app) = TestApp::with(Options {
+        backend,
+        clock: Some(clock.clone()),
+        ..Options::default()
+    })
+    .await
+    else {
+        return;
+    };
+    let (key, _) = app.key(limited(2)).await;
+    assert_eq!(app.get("/v1/orgs/acme/items/1", &key).await.status(), 200);
+    assert_eq!(app.get("/v1/orgs/acme/items/1", &key).await.status(), 200);
+    assert_eq!(app.get("/v1/orgs/acme/items/1", &key).await.status(), 429);
+    // 15 s on: April, and the key is still in L1 (its TTL is 30 s).
+    clock.advance(Duration::seconds(15));
+    let renewed = app.get("/v1/orgs/acme/items/1", &key).await;
+    assert_eq!(renewed.status(), 200);
+    assert_eq!(renewed.headers()["ratelimit-remaining"], "1");
+    let again = app.get("/v1/orgs/acme/items/1", &key).await;
+    assert_eq!(again.headers()["ratelimit-remaining"], "0");
+    app.stop().await;
+}
+
 both_stores!(refused_requests_do_not_count);
 async fn refused_requests_do_not_count(backend: Backend) {
     let Some(app) = TestApp::on(backend).await else {
