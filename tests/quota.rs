@@ -85,17 +85,22 @@ async fn a_restart_mid_period_keeps_the_count(backend: Backend) {
     app.stop().await;
 }
 
-both_stores!(the_quota_renews_with_the_calendar_month_and_retry_after_says_when);
-async fn the_quota_renews_with_the_calendar_month_and_retry_after_says_when(backend: Backend) {
-    let start: DateTime<Utc> = "2026-03-31T23:59:00Z".parse().expect("time");
+/// keygate on `backend` with its clock stopped at `start` (RFC 3339).
+async fn app_at(backend: Backend, start: &str) -> Option<(TestApp, ManualClock)> {
+    let start: DateTime<Utc> = start.parse().expect("time");
     let clock = ManualClock::new(start);
-    let Some(app) = TestApp::with(Options {
+    let app = TestApp::with(Options {
         backend,
         clock: Some(clock.clone()),
         ..Options::default()
     })
-    .await
-    else {
+    .await?;
+    Some((app, clock))
+}
+
+both_stores!(the_quota_renews_with_the_calendar_month_and_retry_after_says_when);
+async fn the_quota_renews_with_the_calendar_month_and_retry_after_says_when(backend: Backend) {
+    let Some((app, clock)) = app_at(backend, "2026-03-31T23:59:00Z").await else {
         return;
     };
     let (key, _) = app.key(limited(2)).await;
@@ -117,15 +122,7 @@ async fn the_quota_renews_with_the_calendar_month_and_retry_after_says_when(back
 both_stores!(a_key_still_cached_when_its_period_ends_starts_the_next_one_afresh);
 /// A cached key keeps its period's counter; the next period must not charge it.
 async fn a_key_still_cached_when_its_period_ends_starts_the_next_one_afresh(backend: Backend) {
-    let start: DateTime<Utc> = "2026-03-31T23:59:50Z".parse().expect("time");
-    let clock = ManualClock::new(start);
-    let Some(app) = TestApp::with(Options {
-        backend,
-        clock: Some(clock.clone()),
-        ..Options::default()
-    })
-    .await
-    else {
+    let Some((app, clock)) = app_at(backend, "2026-03-31T23:59:50Z").await else {
         return;
     };
     let (key, _) = app.key(limited(2)).await;
