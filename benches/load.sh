@@ -37,6 +37,9 @@
 #                       header strip + identity headers; rotating over NKEYS seeded keys
 #   bare-hyper-keys     the bare hop again, in the same wrk client mode as keygate
 #                       (keys: rotation makes a Lua call in wrk per request)
+#   nginx-proxy-keys    (ANCHORS_RUN=1) nginx-proxy again in that client mode (it
+#                       ignores the header): what the client mode alone costs a
+#                       bare hop on these two cores, next to the target row
 # Per request keygate does more than the hops: route match, org binding, Bearer parse,
 # SHA-256, cache lookup, scope check, quota count, header strip/identity headers,
 # request id. keygate-redis vs nginx-lua-redis is the like-for-like comparison (same
@@ -426,6 +429,7 @@ target keygate-accesslog "$KGA_PORT,keys:$KEYS"
 target keygate-redis "$KGR_PORT,keys:$KEYS"
 [ -n "$NGL_PID" ] && target nginx-lua-redis "$NGL_PORT,keys:$ANCHOR_KEYS"
 target bare-hyper-keys "$HOP_PORT,keys:$KEYS"
+[ -n "$NGP_PID" ] && target nginx-proxy-keys "$NGP_PORT,keys:$KEYS"
 
 echo "load.sh: upstream :$UP_PORT (pid $UP_PID), bare_hop :$HOP_PORT (pid $HOP_PID)," \
     "keygate-localquota :$KG_PORT (pid $KG_PID), keygate-redis :$KGR_PORT (pid $KGR_PID)," \
@@ -476,7 +480,7 @@ cpu_row "keygate (keygate-localquota)" $((kg1 - kg0)) "$(requests keygate-localq
 cpu_row "keygate (keygate-accesslog)" $((kga1 - kga0)) "$(requests keygate-accesslog)"
 cpu_row "keygate (keygate-redis)" $((kgr1 - kgr0)) "$(requests keygate-redis)" keygate-redis
 if [ -n "$NGL_PID" ]; then
-    cpu_row "nginx, master+workers (nginx-proxy)" $((ngp1 - ngp0)) "$(requests nginx-proxy)" nginx-proxy
+    cpu_row "nginx, master+workers (nginx-proxy + -keys)" $((ngp1 - ngp0)) "$(requests nginx-proxy nginx-proxy-keys)" nginx-proxy
     cpu_row "nginx, master+workers (nginx-lua-redis)" $((ngl1 - ngl0)) "$(requests nginx-lua-redis)" nginx-lua-redis
     cpu_row "haproxy (haproxy-proxy)" $((hap1 - hap0)) "$(requests haproxy-proxy)" haproxy-proxy
     cpu_row "redis-server (keygate-redis + nginx-lua-redis)" $((redis1 - redis0)) "$(requests keygate-redis nginx-lua-redis)"
@@ -511,6 +515,7 @@ ratio_row keygate-localquota haproxy-proxy
 ratio_row keygate-redis keygate-localquota
 ratio_row keygate-redis nginx-lua-redis
 ratio_row keygate-localquota bare-hyper-keys
+ratio_row keygate-localquota nginx-proxy-keys
 
 n_kga="$(requests keygate-accesslog)"
 echo "access lines written by keygate-accesslog: $(grep -c 'keygate::access' "$TMP/keygate-access.log" || true) (completed requests: $n_kga, plus warm-up)"
