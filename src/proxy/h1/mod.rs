@@ -70,7 +70,9 @@ pub(super) async fn serve(mut client: TcpStream, peer: SocketAddr, shared: Arc<S
     let mut scratch = Scratch::new(hand.idle);
     let mut valid_host = Vec::new();
     // The config in force, revalidated per request by one read of the shared pointer
-    // (taking a reference per request writes a count both workers share).
+    // (taking a reference per request writes a count both workers share). After a
+    // reload an idle connection keeps the snapshot it last used until its next
+    // request or its end.
     let mut config = arc_swap::Cache::new(Arc::clone(&shared.live));
     loop {
         // A whole head, and the body it announces, within `idle` of the previous
