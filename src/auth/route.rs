@@ -284,6 +284,10 @@ impl Table {
     }
 }
 
+/// A path's decoded segments: up to 8 without an allocation (this runs on every
+/// request; deeper paths spill to the heap).
+pub type Segments<'p> = smallvec::SmallVec<[Cow<'p, str>; 8]>;
+
 /// Splits a raw request path into decoded segments, refusing ambiguous paths.
 ///
 /// Refused: `.`/`..` segments, empty segments (`//`; one trailing `/` is allowed and
@@ -293,19 +297,19 @@ impl Table {
 ///
 /// # Errors
 /// [`Rejection::InvalidPath`].
-pub fn segments(path: &str) -> Result<Vec<Cow<'_, str>>, Rejection> {
+pub fn segments(path: &str) -> Result<Segments<'_>, Rejection> {
     let rest = path.strip_prefix('/').ok_or(Rejection::InvalidPath)?;
     let rest = rest.strip_suffix('/').unwrap_or(rest);
     if rest.is_empty() {
         return if path.len() <= 1 {
-            Ok(Vec::new())
+            Ok(Segments::new())
         } else {
             Err(Rejection::InvalidPath)
         };
     }
     // Split and checked byte by byte in one pass: this runs on every request, and
     // `str::split` plus a search per rule cost more than the match itself.
-    let mut segs = Vec::with_capacity(8);
+    let mut segs = Segments::new();
     let mut start = 0;
     for (i, b) in rest.bytes().enumerate() {
         if b == b'/' {
