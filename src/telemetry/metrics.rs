@@ -7,13 +7,15 @@
 //! scraped: one shared copy would have both workers write the same few cache lines
 //! on every request. A scrape sees every update made before it, as with one copy.
 
+use std::cell::RefCell;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::{self, MetricFamily, MetricType};
 use prometheus::{
-    Encoder as _, Histogram, HistogramOpts, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder as _, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 /// Latency buckets in seconds: 50 µs to 10 s.
@@ -28,6 +30,8 @@ const SHARDS: usize = 16;
 
 /// The metrics of one keygate.
 pub struct Metrics {
+    /// Tells this instance's entries in a thread's [`Memo`] from another's.
+    id: usize,
     registry: Registry,
     hot: Arc<[Hot]>,
     dependency_errors: IntCounterVec,
@@ -119,7 +123,9 @@ impl Metrics {
         ] {
             registry.register(m).expect("unique metric names");
         }
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
         Self {
+            id: NEXT.fetch_add(1, Ordering::Relaxed),
             registry,
             hot,
             dependency_errors,
@@ -151,7 +157,7 @@ impl Metrics {
 
     /// Counts one finished request.
     pub fn request(&self, route: &str, code: &str) {
-        self.hot().requests.with_label_values(&[route, code]).inc();
+        self.counted(Family::Requests, route, code);
     }
 
     /// Records how long a decision took.
@@ -173,7 +179,41 @@ impl Metrics {
 
     /// Counts one cache lookup.
     pub fn cache(&self, layer: &'static str, result: &'static str) {
-        self.hot().cache.with_label_values(&[layer, result]).inc();
+        self.counted(Family::Cache, layer, result);
+    }
+
+    /// Adds one to this thread's counter of `family` labelled `a`, `b`, found in the
+    /// thread's [`Memo`] when it counted the same labels lately.
+    fn counted(&self, family: Family, a: &str, b: &str) {
+        MEMO.with_borrow_mut(|memo| {
+            let found = memo
+                .entries
+                .iter()
+                .find(|e| e.metrics == self.id && e.family == family && *e.a == *a && *e.b == *b);
+            if let Some(entry) = found {
+                entry.counter.inc();
+                return;
+            }
+            let hot = self.hot();
+            let counter = match family {
+                Family::Requests => hot.requests.with_label_values(&[a, b]),
+                Family::Cache => hot.cache.with_label_values(&[a, b]),
+            };
+            counter.inc();
+            let entry = Memoised {
+                metrics: self.id,
+                family,
+                a: a.into(),
+                b: b.into(),
+                counter,
+            };
+            if memo.entries.len() < MEMO_SIZE {
+                memo.entries.push(entry);
+            } else {
+                memo.entries[memo.next] = entry;
+                memo.next = (memo.next + 1) % MEMO_SIZE;
+            }
+        });
     }
 
     /// Counts a failed call to `dependency` (`store` or `redis`).
@@ -199,6 +239,38 @@ impl Metrics {
         }
         String::from_utf8(out).unwrap_or_default()
     }
+}
+
+/// The labelled counters a thread counted lately, resolved: a lookup by labels
+/// hashes them and takes the vector's lock, and every request does two (its
+/// outcome, its cache lookup), nearly always with the labels of the one before.
+#[derive(Default)]
+struct Memo {
+    entries: Vec<Memoised>,
+    /// The entry replaced next once full.
+    next: usize,
+}
+
+/// Label sets a thread keeps resolved.
+const MEMO_SIZE: usize = 8;
+
+struct Memoised {
+    metrics: usize,
+    family: Family,
+    a: Box<str>,
+    b: Box<str>,
+    counter: IntCounter,
+}
+
+/// The labelled counters every request updates.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Family {
+    Requests,
+    Cache,
+}
+
+thread_local! {
+    static MEMO: RefCell<Memo> = RefCell::default();
 }
 
 /// Decrements the in-flight gauge when dropped.
@@ -382,5 +454,36 @@ mod tests {
         assert_eq!(text.matches("# TYPE keygate_requests_total counter").count(), 1);
         drop(held);
         assert!(metrics.render().contains("keygate_requests_in_flight 0"));
+    }
+
+    #[test]
+    fn a_thread_counting_more_label_sets_than_it_keeps_resolved_counts_each_exactly() {
+        let (one, two) = (Metrics::new(), Metrics::new());
+        let routes: Vec<String> = (0..MEMO_SIZE + 3).map(|i| format!("r{i}")).collect();
+        for round in 1..=3 {
+            for (i, route) in routes.iter().enumerate() {
+                one.request(route, "forwarded");
+                // The same labels on another instance, every other time.
+                if i % 2 == 0 {
+                    two.request(route, "forwarded");
+                }
+            }
+            one.cache("l1", "hit");
+            let (a, b) = (one.render(), two.render());
+            for (i, route) in routes.iter().enumerate() {
+                let line = |n| format!(r#"keygate_requests_total{{code="forwarded",route="{route}"}} {n}"#);
+                assert!(a.contains(&line(round)), "{} missing from\n{a}", line(round));
+                if i % 2 == 0 {
+                    assert!(b.contains(&line(round)), "{} missing from\n{b}", line(round));
+                } else {
+                    assert!(
+                        !b.contains(&format!(r#"route="{route}""#)),
+                        "{route} counted on the other instance"
+                    );
+                }
+            }
+            let hits = format!(r#"keygate_cache_lookups_total{{layer="l1",result="hit"}} {round}"#);
+            assert!(a.contains(&hits) && !b.contains("keygate_cache_lookups_total{"));
+        }
     }
 }
