@@ -2,6 +2,7 @@
 //! when the response head is known (body streaming time is not included). Fields
 //! are bounded and carry no key material: the key id and org, never the key.
 
+use std::borrow::Cow;
 use std::time::Duration;
 
 use http::{HeaderValue, Method, Uri};
@@ -14,8 +15,9 @@ use crate::keys::CachedKey;
 pub(super) struct Line<'a> {
     pub method: Method,
     /// The request URI; its path is logged, never its query (which may carry
-    /// secrets): only a key parameter's name, as `query_key` says.
-    pub uri: Uri,
+    /// secrets): only a key parameter's name, as `query_key` says. Borrowed on the
+    /// fast path (a copy of a URI read from a buffer is an allocation).
+    pub uri: Cow<'a, Uri>,
     pub route: &'a str,
     pub status: u16,
     pub code: &'a str,
@@ -54,7 +56,7 @@ impl std::fmt::Display for Redacted<'_> {
 
 impl<'a> Line<'a> {
     /// A line for a request refused before any decision.
-    pub(super) fn new(method: Method, uri: Uri, request_id: &'a HeaderValue) -> Self {
+    pub(super) fn new(method: Method, uri: Cow<'a, Uri>, request_id: &'a HeaderValue) -> Self {
         Self {
             method,
             uri,

@@ -16,6 +16,7 @@ pub mod respond;
 pub mod signature;
 pub mod wire;
 
+use std::borrow::Cow;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -433,7 +434,8 @@ async fn handle(shared: &Shared, peer: SocketAddr, req: Request<Incoming>) -> Re
     let refuse = |resp: Response<Full<Bytes>>, code: &'static str| {
         metrics.request("none", code);
         if settings.access_log {
-            let mut line = access::Line::new(req.method().clone(), req.uri().clone(), &request_id);
+            let mut line =
+                access::Line::new(req.method().clone(), Cow::Owned(req.uri().clone()), &request_id);
             line.code = code;
             line.status = resp.status().as_u16();
             line.write();
@@ -481,7 +483,7 @@ async fn handle(shared: &Shared, peer: SocketAddr, req: Request<Incoming>) -> Re
     let mut line = access::Line {
         // Cheap: a standard method is a tag, a URI shares its bytes.
         method: method.clone(),
-        uri: uri.clone(),
+        uri: Cow::Owned(uri.clone()),
         route: "none",
         status: 0,
         code: "",

@@ -392,17 +392,31 @@ fn itoa_buf() -> [u8; 20] {
     [0; 20]
 }
 
-/// `n` in decimal, written into `buf`.
+/// `n` in decimal, written into `buf` two digits at a time (half the divisions).
 pub fn decimal(buf: &mut [u8; 20], mut n: u64) -> &[u8] {
-    let mut i = buf.len();
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            return &buf[i..];
+    const PAIRS: [[u8; 2]; 100] = {
+        let mut pairs = [[0; 2]; 100];
+        let mut i = 0;
+        while i < 100 {
+            pairs[i] = [b'0' + (i / 10) as u8, b'0' + (i % 10) as u8];
+            i += 1;
         }
+        pairs
+    };
+    let mut i = buf.len();
+    while n >= 100 {
+        i -= 2;
+        buf[i..i + 2].copy_from_slice(&PAIRS[(n % 100) as usize]);
+        n /= 100;
     }
+    if n >= 10 {
+        i -= 2;
+        buf[i..i + 2].copy_from_slice(&PAIRS[n as usize]);
+    } else {
+        i -= 1;
+        buf[i] = b'0' + n as u8;
+    }
+    &buf[i..]
 }
 
 /// Whether a client-sent field stays on the forwarded request, given the checks
@@ -423,7 +437,29 @@ pub fn kept_on_request(name: &[u8], strip: impl FnOnce(&[u8]) -> bool) -> bool {
         "x-forwarded-for",
         "x-request-id",
     ];
-    !REPLACED.iter().any(|r| name.eq_ignore_ascii_case(r.as_bytes())) && !strip(name)
+    // Bit i set at index n: `REPLACED[i]` is n bytes long. Most fields' lengths
+    // match one name or none, so a field is compared with two names at most.
+    const BY_LEN: [u16; 20] = {
+        let mut by_len = [0u16; 20];
+        let mut i = 0;
+        while i < REPLACED.len() {
+            by_len[REPLACED[i].len()] |= 1 << i;
+            i += 1;
+        }
+        by_len
+    };
+    let mut candidates = BY_LEN.get(name.len()).copied().unwrap_or(0);
+    while candidates != 0 {
+        let i = candidates.trailing_zeros() as usize;
+        if REPLACED
+            .get(i)
+            .is_some_and(|r| name.eq_ignore_ascii_case(r.as_bytes()))
+        {
+            return false;
+        }
+        candidates &= candidates - 1;
+    }
+    !strip(name)
 }
 
 /// A header name as `http` spells it, for the signature and the decision.
@@ -561,10 +597,47 @@ mod tests {
     }
 
     #[test]
+    fn hop_by_hop_and_forwarding_fields_are_replaced_whatever_their_case() {
+        for name in [
+            "Host",
+            "connection",
+            "KEEP-ALIVE",
+            "proxy-connection",
+            "Proxy-Authorization",
+            "te",
+            "Trailer",
+            "transfer-encoding",
+            "upgrade",
+            "X-Forwarded-Host",
+            "x-forwarded-proto",
+            "x-forwarded-for",
+            "X-Request-Id",
+        ] {
+            assert!(!kept_on_request(name.as_bytes(), |_| false), "{name}");
+        }
+        for name in [
+            "user-agent",
+            "accept",
+            "x-forwarded-hosts",
+            "tes",
+            "hosts",
+            "x-request",
+            "authorization",
+            "",
+        ] {
+            assert!(kept_on_request(name.as_bytes(), |_| false), "{name}");
+        }
+        assert!(!kept_on_request(b"authorization", |_| true));
+    }
+
+    #[test]
     fn lengths_format_in_decimal() {
         let mut buf = [0; 20];
         assert_eq!(decimal(&mut buf, 0), b"0");
         assert_eq!(decimal(&mut buf, 1234567), b"1234567");
+        for n in [9, 10, 99, 100, 101, 999, 1000, 10_000_000_000] {
+            assert_eq!(decimal(&mut buf, n), n.to_string().as_bytes());
+        }
         assert_eq!(decimal(&mut buf, u64::MAX), u64::MAX.to_string().as_bytes());
     }
 }

@@ -20,6 +20,7 @@ pub mod body;
 pub mod message;
 mod upstream;
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -235,8 +236,12 @@ impl Scratch {
         }
     }
 
-    /// Lets go of room a large message needed, so that idle connections stay small.
+    /// Lets go of what the exchange held: the request's field values (slices of the
+    /// read buffer: while one lives, the buffer cannot take the next request in
+    /// place and is allocated anew) and room a large message needed, so that idle
+    /// connections stay small.
     fn trim(&mut self) {
+        self.read.clear();
         if self.out.capacity() > 2 * READ_HEAD {
             self.out = Vec::new();
         }
@@ -292,9 +297,9 @@ impl Exchange<'_> {
                 .and_then(|f| self.value(f)),
         );
         // What the decision reads: the credential fields and, behind trusted
-        // proxies, `X-Forwarded-For`.
+        // proxies, `X-Forwarded-For` (empty here: `Scratch::trim` after each
+        // exchange leaves it so).
         let read = &mut scratch.read;
-        read.clear();
         for f in self.fields {
             let name = f.name(self.frame);
             let known = if message::name_is(name, &header::AUTHORIZATION) {
@@ -312,7 +317,7 @@ impl Exchange<'_> {
         }
         let client_ip = client::resolve(self.peer.ip(), read, &settings.trusted_proxies);
         let attempt = Attempt::new(shared, settings, client_ip);
-        let mut line = access::Line::new(req.method.clone(), req.uri.clone(), &request_id);
+        let mut line = access::Line::new(req.method.clone(), Cow::Borrowed(&req.uri), &request_id);
         if let Some(retry_after) = attempt.blocked(shared) {
             line.code = "too_many_failed_attempts";
             let resp = respond::too_many_failures(retry_after, &request_id);
@@ -350,8 +355,8 @@ impl Exchange<'_> {
         };
         // The request for the upstream.
         let target = match route.key_query_param.as_deref() {
-            Some(name) => forward::origin_form(&req.uri, Some(name)),
-            None => req.uri.clone(),
+            Some(name) => Cow::Owned(forward::origin_form(&req.uri, Some(name))),
+            None => Cow::Borrowed(&req.uri),
         };
         out.clear();
         self.write_request(out, &target, &grant, upstream, &request_id);
@@ -408,7 +413,7 @@ impl Exchange<'_> {
         }
         message::field(out, b"x-request-id", request_id.as_bytes());
         if !dated {
-            message::field(out, b"date", date(now).as_bytes());
+            message::field(out, b"date", &date(now));
         }
         let until_close = answer.head.framing == Framing::UntilClose;
         if self.closing() || until_close {
@@ -454,7 +459,7 @@ impl Exchange<'_> {
         message::write_own(
             out,
             &Response::from_parts(parts, body),
-            date(self.shared.clock.now()).as_bytes(),
+            &date(self.shared.clock.now()),
             close,
             head_only,
         );
@@ -725,20 +730,21 @@ async fn relay(
 }
 
 /// The `Date` value at `now`, formatted once a second per thread.
-fn date(now: chrono::DateTime<chrono::Utc>) -> HeaderValue {
-    use std::cell::RefCell;
+fn date(now: chrono::DateTime<chrono::Utc>) -> [u8; 29] {
+    use std::cell::Cell;
     thread_local! {
-        static DATE: RefCell<(i64, HeaderValue)> = const { RefCell::new((i64::MIN, HeaderValue::from_static(""))) };
+        // Until a first format succeeds (always, for years 1000 to 9999), the epoch.
+        static DATE: Cell<(i64, [u8; 29])> = const { Cell::new((i64::MIN, *b"Thu, 01 Jan 1970 00:00:00 GMT")) };
     }
     let second = now.timestamp();
-    DATE.with_borrow_mut(|(at, value)| {
-        if *at != second {
-            let text = now.format("%a, %d %b %Y %H:%M:%S GMT").to_string();
-            if let Ok(v) = HeaderValue::from_str(&text) {
-                *at = second;
-                *value = v;
-            }
+    let (at, mut text) = DATE.get();
+    if at != second {
+        // An IMF-fixdate is 29 bytes for every year from 1000 to 9999.
+        let formatted = now.format("%a, %d %b %Y %H:%M:%S GMT").to_string();
+        if let Ok(bytes) = <[u8; 29]>::try_from(formatted.as_bytes()) {
+            text = bytes;
+            DATE.set((second, text));
         }
-        value.clone()
-    })
+    }
+    text
 }
