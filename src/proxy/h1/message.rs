@@ -437,29 +437,7 @@ pub fn kept_on_request(name: &[u8], strip: impl FnOnce(&[u8]) -> bool) -> bool {
         "x-forwarded-for",
         "x-request-id",
     ];
-    // Bit i set at index n: `REPLACED[i]` is n bytes long. Most fields' lengths
-    // match one name or none, so a field is compared with two names at most.
-    const BY_LEN: [u16; 20] = {
-        let mut by_len = [0u16; 20];
-        let mut i = 0;
-        while i < REPLACED.len() {
-            by_len[REPLACED[i].len()] |= 1 << i;
-            i += 1;
-        }
-        by_len
-    };
-    let mut candidates = BY_LEN.get(name.len()).copied().unwrap_or(0);
-    while candidates != 0 {
-        let i = candidates.trailing_zeros() as usize;
-        if REPLACED
-            .get(i)
-            .is_some_and(|r| name.eq_ignore_ascii_case(r.as_bytes()))
-        {
-            return false;
-        }
-        candidates &= candidates - 1;
-    }
-    !strip(name)
+    !REPLACED.iter().any(|r| name.eq_ignore_ascii_case(r.as_bytes())) && !strip(name)
 }
 
 /// A header name as `http` spells it, for the signature and the decision.
