@@ -37,6 +37,14 @@ pub fn seconds_until(at: DateTime<Utc>, now: DateTime<Utc>) -> u64 {
         .div_ceil(1000)
 }
 
+/// [`seconds_until`] with `now` as unix milliseconds, as [`crate::clock::Clock::now_millis`]
+/// reads it without making a date.
+pub fn seconds_until_millis(at: DateTime<Utc>, now_ms: i64) -> u64 {
+    u64::try_from(at.timestamp_millis().saturating_sub(now_ms))
+        .unwrap_or_default()
+        .div_ceil(1000)
+}
+
 /// What quota does while Redis is unreachable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OnRedisError {
@@ -554,6 +562,19 @@ fn charge_local(counter: &Counter, cost: u64, limit: u64) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn seconds_until_reads_the_same_from_milliseconds() {
+        let now = DateTime::from_timestamp_millis(1_700_000_000_123).unwrap_or_default();
+        for ms in [-5_000, -1, 0, 1, 999, 1_000, 1_001, 86_400_000] {
+            let at = now + chrono::Duration::milliseconds(ms);
+            assert_eq!(
+                seconds_until_millis(at, now.timestamp_millis()),
+                seconds_until(at, now),
+                "{ms} ms"
+            );
+        }
+    }
 
     #[test]
     fn a_counter_keeps_its_period_exactly_in_80_bytes() {

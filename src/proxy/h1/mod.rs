@@ -398,10 +398,11 @@ impl Exchange<'_> {
         out.clear();
         let head = &buf[..answer.head.len];
         let dated = message::write_answer_head(out, head, answer.head.status, fields, usage.is_some());
-        // One read of the clock for `RateLimit-Reset` and `Date`.
-        let now = shared.clock.now();
+        // One read of the clock for `RateLimit-Reset` and `Date`, as milliseconds
+        // (a date is made once a second, not per answer).
+        let now_ms = shared.clock.now_millis();
         if let Some(usage) = usage {
-            let reset = crate::quota::seconds_until(usage.reset_at, now);
+            let reset = crate::quota::seconds_until_millis(usage.reset_at, now_ms);
             let mut digits = [0u8; 20];
             for (name, value) in headers::rate_limit_fields(usage.limit, usage.remaining, reset) {
                 message::field(
@@ -413,7 +414,7 @@ impl Exchange<'_> {
         }
         message::field(out, b"x-request-id", request_id.as_bytes());
         if !dated {
-            message::field(out, b"date", &date(now));
+            message::field(out, b"date", &date(now_ms));
         }
         let until_close = answer.head.framing == Framing::UntilClose;
         if self.closing() || until_close {
@@ -459,7 +460,7 @@ impl Exchange<'_> {
         message::write_own(
             out,
             &Response::from_parts(parts, body),
-            &date(self.shared.clock.now()),
+            &date(self.shared.clock.now_millis()),
             close,
             head_only,
         );
@@ -729,16 +730,18 @@ async fn relay(
     true
 }
 
-/// The `Date` value at `now`, formatted once a second per thread.
-fn date(now: chrono::DateTime<chrono::Utc>) -> [u8; 29] {
+/// The `Date` value at `now_ms` (unix ms), formatted once a second per thread.
+fn date(now_ms: i64) -> [u8; 29] {
     use std::cell::Cell;
     thread_local! {
         // Until a first format succeeds (always, for years 1000 to 9999), the epoch.
         static DATE: Cell<(i64, [u8; 29])> = const { Cell::new((i64::MIN, *b"Thu, 01 Jan 1970 00:00:00 GMT")) };
     }
-    let second = now.timestamp();
+    let second = now_ms.div_euclid(1000);
     let (at, mut text) = DATE.get();
-    if at != second {
+    if at != second
+        && let Some(now) = chrono::DateTime::from_timestamp(second, 0)
+    {
         // An IMF-fixdate is 29 bytes for every year from 1000 to 9999.
         let formatted = now.format("%a, %d %b %Y %H:%M:%S GMT").to_string();
         if let Ok(bytes) = <[u8; 29]>::try_from(formatted.as_bytes()) {
