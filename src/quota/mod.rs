@@ -32,13 +32,11 @@ use crate::store::{self, Store, UsageRow};
 
 /// Whole seconds from `now` until `at`, rounded up (0 when `at` has passed).
 pub fn seconds_until(at: DateTime<Utc>, now: DateTime<Utc>) -> u64 {
-    u64::try_from((at - now).num_milliseconds())
-        .unwrap_or_default()
-        .div_ceil(1000)
+    seconds_until_millis(at, now.timestamp_millis())
 }
 
 /// [`seconds_until`] with `now` as unix milliseconds, as [`crate::clock::Clock::now_millis`]
-/// reads it without making a date.
+/// reads it without making a date: the one rule both paths answer by.
 pub fn seconds_until_millis(at: DateTime<Utc>, now_ms: i64) -> u64 {
     u64::try_from(at.timestamp_millis().saturating_sub(now_ms))
         .unwrap_or_default()
@@ -564,15 +562,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn seconds_until_reads_the_same_from_milliseconds() {
+    fn seconds_until_rounds_up_and_stops_at_zero() {
         let now = DateTime::from_timestamp_millis(1_700_000_000_123).unwrap_or_default();
-        for ms in [-5_000, -1, 0, 1, 999, 1_000, 1_001, 86_400_000] {
+        for (ms, seconds) in [
+            (-5_000, 0),
+            (-1, 0),
+            (0, 0),
+            (1, 1),
+            (999, 1),
+            (1_000, 1),
+            (1_001, 2),
+            (86_400_000, 86_400),
+        ] {
             let at = now + chrono::Duration::milliseconds(ms);
             assert_eq!(
                 seconds_until_millis(at, now.timestamp_millis()),
-                seconds_until(at, now),
+                seconds,
                 "{ms} ms"
             );
+            assert_eq!(seconds_until(at, now), seconds, "{ms} ms");
         }
     }
 
