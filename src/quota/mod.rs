@@ -278,7 +278,8 @@ impl Counters {
                 counter
             }
         };
-        let window = counter.window();
+        // The period's end alone: each end made into a date is a calendar computation.
+        let reset_at = DateTime::from_timestamp_nanos(counter.window_end_ns);
         if !counter.loaded() {
             self.load(key.id, &counter, now).await;
         }
@@ -288,12 +289,9 @@ impl Counters {
         let usage = |used: u64| Usage {
             limit,
             remaining: limit.saturating_sub(used),
-            reset_at: window.end,
+            reset_at,
         };
-        let exceeded = Error::Exceeded {
-            limit,
-            reset_at: window.end,
-        };
+        let exceeded = Error::Exceeded { limit, reset_at };
         let Some(redis) = &self.redis else {
             return charge_local(&counter, cost, limit).map(usage).ok_or(exceeded);
         };
@@ -308,7 +306,7 @@ impl Counters {
             if counter.lease.load(Ordering::Acquire) >= cost {
                 continue; // another request just leased
             }
-            match redis::lease(redis, key.id, window, cost, limit, seed(&counter)).await {
+            match redis::lease(redis, key.id, counter.window(), cost, limit, seed(&counter)).await {
                 Ok(leased) => {
                     counter.used.fetch_max(leased.used, Ordering::AcqRel);
                     if leased.granted == 0 {

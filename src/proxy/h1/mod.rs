@@ -427,7 +427,9 @@ impl Exchange<'_> {
             buf,
             client,
             out,
-            &upstream.shared_authority(),
+            // Borrowed: a counted copy per request would have both workers write
+            // the one count the upstream's name shares.
+            &upstream.authority,
             limits.pool_size,
         )
         .await
