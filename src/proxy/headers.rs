@@ -394,13 +394,22 @@ fn new_request_id() -> HeaderValue {
         ids.set((base, n.wrapping_add(1)));
         (base, n)
     });
-    // 32 lowercase hex digits, written directly: `format!` costs more than the rest
-    // of the id.
+    // 32 lowercase hex digits, two per byte from a table: `format!` costs more than
+    // the rest of the id, and a digit at a time four times the table.
     const HEX: &[u8; 16] = b"0123456789abcdef";
+    const PAIRS: [[u8; 2]; 256] = {
+        let mut pairs = [[0u8; 2]; 256];
+        let mut i = 0;
+        while i < 256 {
+            pairs[i] = [HEX[i >> 4], HEX[i & 0xf]];
+            i += 1;
+        }
+        pairs
+    };
     let mut text = [0u8; 32];
-    for (i, digit) in text.iter_mut().enumerate() {
-        let word = if i < 16 { base } else { n };
-        *digit = HEX[((word >> (60 - 4 * (i % 16))) & 0xf) as usize];
+    let words = [base.to_be_bytes(), n.to_be_bytes()];
+    for (pair, byte) in text.chunks_exact_mut(2).zip(words.as_flattened()) {
+        pair.copy_from_slice(&PAIRS[usize::from(*byte)]);
     }
     HeaderValue::from_bytes(&text).unwrap_or_else(|_| HeaderValue::from_static("0"))
 }
