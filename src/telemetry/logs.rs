@@ -4,8 +4,9 @@
 //! background thread (`keygate-log`), so a request never waits on a `write` syscall.
 //! The proxy's worker threads, which write an access line per request, collect
 //! their lines in a per-thread buffer that goes to the writer whole: at 32 KiB, and
-//! at least every 100 ms from the worker's own tick ([`batch_this_thread`],
-//! [`flush_thread`]). A busy worker thus wakes the writer a few times a second, and
+//! 100 ms after the buffer's first line, from a task of the worker's that the first
+//! line wakes ([`batch_this_thread`], [`first_line`], [`flush_thread`]); an idle
+//! worker has no timer to wake it. A busy worker thus wakes the writer a few times a second, and
 //! the writer makes one `write` per buffer, where a hand-off per line cost a wake-up
 //! and often a `write` per line (`docs/performance.md`). Other threads hand over
 //! each line at once. An access line reaches stderr at most about 100 ms after its
@@ -14,11 +15,12 @@
 
 use std::cell::RefCell;
 use std::io::Write as _;
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use tokio::sync::Notify;
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::MakeWriter;
 
@@ -36,7 +38,7 @@ pub enum LogFormat {
 const BATCH: usize = 32 * 1024;
 /// Hand-offs queued for the writer before new ones are dropped.
 const QUEUE: usize = 256;
-/// How often a batching thread is expected to call [`flush_thread`].
+/// How long after its first line a batching thread is expected to call [`flush_thread`].
 pub const FLUSH_EVERY: Duration = Duration::from_millis(100);
 
 enum Message {
@@ -51,6 +53,8 @@ static DROPPED: AtomicU64 = AtomicU64::new(0);
 thread_local! {
     /// `Some` on threads that batch their lines.
     static PENDING: RefCell<Option<Vec<u8>>> = const { RefCell::new(None) };
+    /// Told when this thread's empty buffer takes a line.
+    static FIRST_LINE: Arc<Notify> = Arc::new(Notify::new());
 }
 
 fn hand_over(lines: Vec<u8>) {
@@ -62,12 +66,18 @@ fn hand_over(lines: Vec<u8>) {
 }
 
 /// Makes this thread's log lines collect in a buffer, handed to the writer at
-/// 32 KiB or by [`flush_thread`], which the thread must call every
-/// [`FLUSH_EVERY`] and before it ends.
+/// 32 KiB or by [`flush_thread`], which the thread must call [`FLUSH_EVERY`] after
+/// [`first_line`] tells, and before it ends.
 pub fn batch_this_thread() {
     PENDING.with_borrow_mut(|pending| {
         pending.get_or_insert_with(|| Vec::with_capacity(BATCH));
     });
+}
+
+/// Notified (a permit kept when nobody waits) each time this thread's buffer goes
+/// from empty to holding a line: a flush then has something to hand over.
+pub fn first_line() -> Arc<Notify> {
+    FIRST_LINE.with(Arc::clone)
 }
 
 /// Hands this thread's collected lines to the writer.
@@ -86,17 +96,19 @@ struct LineWriter;
 
 impl std::io::Write for LineWriter {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        // `Some(full)` on a batching thread, `None` elsewhere.
+        // `Some((first, full))` on a batching thread, `None` elsewhere.
         let kept = PENDING.with_borrow_mut(|pending| {
             pending.as_mut().map(|pending| {
+                let first = pending.is_empty();
                 pending.extend_from_slice(buf);
-                pending.len() >= BATCH
+                (first, pending.len() >= BATCH)
             })
         });
         match kept {
             None => hand_over(buf.to_vec()),
-            Some(true) => flush_thread(),
-            Some(false) => {}
+            Some((_, true)) => flush_thread(),
+            Some((true, false)) => FIRST_LINE.with(|told| told.notify_one()),
+            Some((false, false)) => {}
         }
         Ok(buf.len())
     }
@@ -208,5 +220,30 @@ mod tests {
         // Other threads keep nothing back.
         LineWriter.write_all(b"direct\n").expect("write");
         assert_eq!(collected(), 0);
+    }
+
+    #[test]
+    fn a_batching_thread_is_told_of_the_first_line_of_each_batch_only() {
+        use futures_util::FutureExt as _;
+        std::thread::spawn(|| {
+            batch_this_thread();
+            let told = first_line();
+            assert!(told.notified().now_or_never().is_none(), "nothing collected yet");
+            let mut w = LineWriter;
+            w.write_all(b"one\n").expect("write");
+            assert!(told.notified().now_or_never().is_some(), "the first line tells");
+            w.write_all(b"two\n").expect("write");
+            assert!(told.notified().now_or_never().is_none(), "a second line does not");
+            flush_thread();
+            w.write_all(b"three\n").expect("write");
+            assert!(
+                told.notified().now_or_never().is_some(),
+                "a new batch tells again"
+            );
+        })
+        .join()
+        .expect("thread");
+        // Another thread has its own: this one was told of nothing.
+        assert!(first_line().notified().now_or_never().is_none());
     }
 }
