@@ -60,16 +60,11 @@ pub enum Lookup {
     Miss,
 }
 
-/// The tables' hasher: seeded per process like the standard one, a few instructions
-/// for a 32-byte hash where SipHash takes about 170, twice per lookup (the shard,
-/// then the slot).
-type Hasher = foldhash::fast::RandomState;
-
 /// The in-process cache.
 pub struct L1 {
-    map: DashMap<KeyHash, Entry, Hasher>,
+    map: DashMap<KeyHash, Entry>,
     /// Unknown hashes and when they stop being remembered.
-    negatives: DashMap<KeyHash, i64, Hasher>,
+    negatives: DashMap<KeyHash, i64>,
     settings: Settings,
     clock: SharedClock,
 }
@@ -80,8 +75,8 @@ impl L1 {
         Self {
             // Grown as keys arrive: a table sized for `capacity` up front would spread a
             // few thousand hot keys over megabytes, a cache and TLB miss per lookup.
-            map: DashMap::with_hasher(Hasher::default()),
-            negatives: DashMap::with_hasher(Hasher::default()),
+            map: DashMap::new(),
+            negatives: DashMap::new(),
             settings,
             clock,
         }
