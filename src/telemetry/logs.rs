@@ -6,11 +6,11 @@
 //! their lines in a per-thread buffer that goes to the writer whole: at 32 KiB, and
 //! 100 ms after the buffer's first line, from a task of the worker's that the first
 //! line wakes ([`batch_this_thread`], [`first_line`], [`flush_thread`]); an idle
-//! worker has no timer to wake it. A busy worker thus wakes the writer a few times a second, and
-//! the writer makes one `write` per buffer, where a hand-off per line cost a wake-up
-//! and often a `write` per line (`docs/performance.md`). Other threads hand over
-//! each line at once. An access line reaches stderr at most about 100 ms after its
-//! request. If the writer falls 256 hand-offs behind, new ones are dropped (and
+//! worker has no timer to wake it. A busy worker thus wakes the writer a few times a
+//! second, and the writer makes one `write` per buffer, where a hand-off per line
+//! cost a wake-up and often a `write` per line (`docs/performance.md`). Other
+//! threads hand over each line at once. An access line reaches stderr at most about
+//! 100 ms after its request. If the writer falls 256 hand-offs behind, new ones are dropped (and
 //! counted in a line of their own) rather than slowing the data plane.
 
 use std::cell::RefCell;
@@ -107,7 +107,10 @@ impl std::io::Write for LineWriter {
         match kept {
             None => hand_over(buf.to_vec()),
             Some((_, true)) => flush_thread(),
-            Some((true, false)) => FIRST_LINE.with(|told| told.notify_one()),
+            // `try_with`: a line logged while the thread's locals are torn down.
+            Some((true, false)) => {
+                let _ = FIRST_LINE.try_with(|told| told.notify_one());
+            }
             Some((false, false)) => {}
         }
         Ok(buf.len())
