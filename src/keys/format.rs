@@ -150,6 +150,11 @@ impl Format {
         if !alphanumeric || !is_valid_name(environment, false) {
             return Err(Error::Shape);
         }
+        self.checked(token, environment)
+    }
+
+    /// The checks after the shape: the checksum, then the environment.
+    fn checked<'a>(&self, token: &'a str, environment: &'a str) -> Result<Parsed<'a>, Error> {
         let (signed, checksum) = token.split_at(token.len() - CHECKSUM_LEN);
         if checksum.as_bytes() != encode_checksum(signed) {
             return Err(Error::Checksum);
@@ -280,7 +285,8 @@ mod tests {
     }
 
     /// The split by the last `_`, as `parse` did it before it looked at the fixed
-    /// place: both must give the same answer for every token.
+    /// place (the checks after the shape are `parse`'s own): both must give the same
+    /// answer for every token.
     fn parse_by_search<'a>(format: &Format, token: &'a str) -> Result<Parsed<'a>, Error> {
         if !format.is_ours(token) {
             return format.parse(token);
@@ -293,17 +299,7 @@ mod tests {
         {
             return Err(Error::Shape);
         }
-        let (signed, checksum) = token.split_at(token.len() - CHECKSUM_LEN);
-        if checksum.as_bytes() != encode_checksum(signed) {
-            return Err(Error::Checksum);
-        }
-        if environment != format.environment {
-            return Err(Error::WrongEnvironment {
-                found: environment.to_owned(),
-                expected: format.environment.clone(),
-            });
-        }
-        Ok(Parsed { token, environment })
+        format.checked(token, environment)
     }
 
     #[test]
