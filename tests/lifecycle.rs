@@ -148,23 +148,49 @@ async fn a_cli_revoke_from_another_process_is_honoured_within_a_second(backend: 
             "{command}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let changed = Instant::now();
-        loop {
-            let resp = app.get(ITEMS, &key).await;
-            let done = if expected.is_empty() {
-                resp.status() == 200
-            } else {
-                resp.status() != 200 && code(resp).await == expected
-            };
-            if done {
-                break;
-            }
-            assert!(
-                changed.elapsed() < Duration::from_secs(1),
-                "{command} not honoured within 1 s"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        honoured_within_a_second(&app, &key, command, expected).await;
     }
+    app.stop().await;
+}
+
+/// Waits until a request with `key` gets `expected` (an error code; empty: a 200),
+/// failing after a second.
+async fn honoured_within_a_second(app: &TestApp, key: &str, command: &str, expected: &str) {
+    let changed = Instant::now();
+    loop {
+        let resp = app.get(ITEMS, key).await;
+        let done = if expected.is_empty() {
+            resp.status() == 200
+        } else {
+            resp.status() != 200 && code(resp).await == expected
+        };
+        if done {
+            return;
+        }
+        assert!(
+            changed.elapsed() < Duration::from_secs(1),
+            "{command} not honoured within 1 s"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// An idle proxy leaves SQLite's change feed unread while the write-ahead log is as
+/// it was; another process's commit writes the log, so the next poll reads the feed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cli_revoke_after_a_quiet_spell_is_honoured_within_a_second() {
+    let app = TestApp::on(Backend::Sqlite).await.expect("an SQLite app");
+    let (key, record) = app.acme_key(&["read"]).await;
+    assert_eq!(app.get(ITEMS, &key).await.status(), 200, "cached now");
+    // The last use is written within `flush_interval` (100 ms); then nothing is
+    // written for longer than the feed's margin (1 s), so polls stop reading it.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let out = cli(&app, &["revoke", &record.id.to_string(), "--actor", "ops"]);
+    assert!(
+        out.status.success(),
+        "revoke: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    honoured_within_a_second(&app, &key, "revoke", "key_revoked").await;
     app.stop().await;
 }

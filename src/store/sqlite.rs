@@ -1,8 +1,9 @@
 //! The SQLite admin store (embedded default): WAL mode, so a CLI in another process
 //! can change keys while `keygate serve` runs.
 
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use chrono::{DateTime, Utc};
 use sqlx::Row;
@@ -15,6 +16,7 @@ use super::{
     Actor, AuditEntry, AuditPage, Change, Error, ListQuery, Notice, Page, Patch, UsageRow, format_ts,
     parse_ts, to_i64,
 };
+use crate::clock::{Clock, SystemClock};
 use crate::keys::{KeyHash, KeyRecord, Owner, Status};
 use tokio::sync::{mpsc, watch};
 
@@ -22,10 +24,15 @@ const COLUMNS: &str = "id, org_id, owner_type, owner_id, name, display_prefix, k
     environment, scopes, restrictions, quota_limit, metadata, created_by, created_at, \
     last_used_at, expires_at, paused, revoked_at";
 
+/// The most changes one read of the change feed returns.
+const CHANGES_PER_READ: i64 = 1000;
+
 /// A pool of connections to one SQLite file.
 #[derive(Debug, Clone)]
 pub struct Sqlite {
     pool: SqlitePool,
+    /// The file's write-ahead log, which every commit writes (`None` in memory).
+    wal: Option<PathBuf>,
 }
 
 impl Sqlite {
@@ -40,17 +47,19 @@ impl Sqlite {
             // admin API; the OS page cache keeps the file warm either way.
             .pragma("cache_size", "-512");
         // An in-memory database exists per connection, so it gets exactly one.
-        let max = if url.contains(":memory:") || url.contains("mode=memory") {
-            1
-        } else {
-            4
-        };
+        let in_memory = url.contains(":memory:") || url.contains("mode=memory");
+        let max = if in_memory { 1 } else { 4 };
+        let wal = (!in_memory).then(|| {
+            let mut path = options.get_filename().as_os_str().to_owned();
+            path.push("-wal");
+            PathBuf::from(path)
+        });
         let pool = SqlitePoolOptions::new()
             .max_connections(max)
             .connect_with(options)
             .await?;
         sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
-        Ok(Self { pool })
+        Ok(Self { pool, wal })
     }
 
     pub(super) async fn create(&self, r: &KeyRecord, actor: &Actor) -> Result<(), Error> {
@@ -274,9 +283,10 @@ impl Sqlite {
 
     pub(super) async fn changes_since(&self, seq: i64) -> Result<Vec<Change>, Error> {
         let rows = sqlx::query(
-            "SELECT seq, key_id FROM audit_log WHERE seq > $1 AND action <> 'create' ORDER BY seq LIMIT 1000",
+            "SELECT seq, key_id FROM audit_log WHERE seq > $1 AND action <> 'create' ORDER BY seq LIMIT $2",
         )
         .bind(seq)
+        .bind(CHANGES_PER_READ)
         .fetch_all(&self.pool)
         .await?;
         rows.iter()
@@ -369,7 +379,10 @@ impl Sqlite {
     }
 
     /// Polls the audit log every `every` (SQLite serialises writers, so sequence
-    /// numbers commit in order and a poll by `seq` misses nothing).
+    /// numbers commit in order and a poll by `seq` misses nothing). A poll first
+    /// looks at the write-ahead log's metadata and reads the log only when the file
+    /// may have changed since the last read (see [`Quiet`]): an idle proxy's poll is
+    /// one `stat`, not a round trip through a connection's thread.
     pub(super) async fn watch(
         self,
         every: Duration,
@@ -378,16 +391,28 @@ impl Sqlite {
     ) {
         let mut since = None;
         let mut failing = false;
+        let mut quiet = Quiet::default();
         loop {
-            let polled = match since {
-                None => self.last_change().await.map(|seq| {
-                    since = Some(seq);
-                    Vec::new()
-                }),
-                Some(seq) => self.changes_since(seq).await,
+            let stamp = self.wal.as_deref().and_then(WalStamp::of);
+            let polled = if since.is_some() && quiet.unchanged(stamp) {
+                Ok(Vec::new())
+            } else {
+                // The operating system's clock, not the app's: file times come from it.
+                quiet.reading(stamp, SystemTime::from(SystemClock.now()));
+                match since {
+                    None => self.last_change().await.map(|seq| {
+                        since = Some(seq);
+                        Vec::new()
+                    }),
+                    Some(seq) => self.changes_since(seq).await,
+                }
             };
             match polled {
                 Ok(changes) => {
+                    if changes.len() >= CHANGES_PER_READ as usize {
+                        // More may wait behind this page: the next poll reads on.
+                        quiet = Quiet::default();
+                    }
                     if failing {
                         tracing::info!("change feed readable again");
                         failing = false;
@@ -401,11 +426,13 @@ impl Sqlite {
                         }
                     }
                 }
-                Err(e) if !failing => {
-                    tracing::warn!(error = %e, "cannot read the change feed; cached keys stay valid until their TTL");
-                    failing = true;
+                Err(e) => {
+                    quiet = Quiet::default();
+                    if !failing {
+                        tracing::warn!(error = %e, "cannot read the change feed; cached keys stay valid until their TTL");
+                        failing = true;
+                    }
                 }
-                Err(_) => {}
             }
             tokio::select! {
                 () = tokio::time::sleep(every) => {}
@@ -416,6 +443,63 @@ impl Sqlite {
 
     pub(super) async fn close(&self) {
         self.pool.close().await;
+    }
+}
+
+/// The write-ahead log's identity, length and modification time. In WAL mode every
+/// commit, from any connection in any process, writes frames to this file, so a
+/// commit changes the length or the time (or, after the log restarts, the time).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct WalStamp {
+    inode: u64,
+    len: u64,
+    modified: SystemTime,
+}
+
+impl WalStamp {
+    /// `None` when the file cannot be read (not there yet, say): the poll reads the log.
+    fn of(path: &Path) -> Option<Self> {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(path).ok()?;
+        Some(Self {
+            inode: meta.ino(),
+            len: meta.len(),
+            modified: meta.modified().ok()?,
+        })
+    }
+}
+
+/// When the change feed can be left unread: the log's stamp is the one seen before
+/// the last read, and its time is more than [`Quiet::MARGIN`] older than that read.
+/// The margin covers file times that tick coarsely (a few milliseconds) and a
+/// commit whose frames were written just before the last read but published just
+/// after it: such a commit's time is close to the read's, so the next polls read
+/// again until the margin has passed.
+#[derive(Debug, Default)]
+struct Quiet {
+    /// The stamp taken before the last read, and when that read began.
+    last: Option<(WalStamp, SystemTime)>,
+}
+
+impl Quiet {
+    const MARGIN: Duration = Duration::from_secs(1);
+
+    fn unchanged(&self, now: Option<WalStamp>) -> bool {
+        match (self.last, now) {
+            (Some((seen, read_at)), Some(now)) => {
+                now == seen
+                    && now
+                        .modified
+                        .checked_add(Self::MARGIN)
+                        .is_some_and(|t| t < read_at)
+            }
+            _ => false,
+        }
+    }
+
+    /// Records a read of the log that begins now, after `stamp` was taken.
+    fn reading(&mut self, stamp: Option<WalStamp>, at: SystemTime) {
+        self.last = stamp.map(|s| (s, at));
     }
 }
 
@@ -567,4 +651,51 @@ fn json<T: serde::Serialize>(value: &T) -> String {
 
 fn from_json<T: serde::de::DeserializeOwned>(s: &str) -> Result<T, Error> {
     serde_json::from_str(s).map_err(|e| Error::Corrupt(format!("bad JSON column: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stamp(len: u64, modified: SystemTime) -> WalStamp {
+        WalStamp {
+            inode: 7,
+            len,
+            modified,
+        }
+    }
+
+    #[test]
+    fn the_feed_is_left_unread_only_when_the_log_is_as_it_was_long_before_the_last_read() {
+        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let old = stamp(4096, t);
+        let mut quiet = Quiet::default();
+        assert!(!quiet.unchanged(Some(old)), "never read: read");
+        quiet.reading(Some(old), t + Duration::from_secs(5));
+        assert!(
+            quiet.unchanged(Some(old)),
+            "written 5 s before the last read, not since"
+        );
+        assert!(!quiet.unchanged(Some(stamp(8192, t))), "longer: a commit");
+        assert!(
+            !quiet.unchanged(Some(stamp(4096, t + Duration::from_millis(4)))),
+            "rewritten in place after a restart of the log"
+        );
+        assert!(
+            !quiet.unchanged(Some(WalStamp { inode: 8, ..old })),
+            "a new file of the same length and time"
+        );
+        assert!(!quiet.unchanged(None), "the log cannot be read: read the feed");
+        // Written close to the last read: a commit may have been published after it.
+        quiet.reading(Some(old), t + Duration::from_millis(900));
+        assert!(!quiet.unchanged(Some(old)));
+        quiet.reading(Some(old), t + Duration::from_millis(1001));
+        assert!(quiet.unchanged(Some(old)));
+        // A log whose time is ahead of the clock (the clock went back) is read.
+        quiet.reading(Some(old), t - Duration::from_secs(60));
+        assert!(!quiet.unchanged(Some(old)));
+        // A read whose stamp could not be taken leaves nothing to compare.
+        quiet.reading(None, t + Duration::from_secs(5));
+        assert!(!quiet.unchanged(Some(old)));
+    }
 }
