@@ -61,6 +61,9 @@ pub struct Proxy {
     pub key_header: Option<Spanned<String>>,
     /// Data-plane threads (one runtime and listener each); 0 = one per core. Default 0.
     pub workers: usize,
+    /// `auto` (default): each worker pinned to its own CPU when the process may run on
+    /// exactly as many CPUs as there are workers; `off`: placement left to the kernel.
+    pub cpu_affinity: Spanned<String>,
     /// Time to connect to the upstream before answering 502. Default `5s`.
     pub connect_timeout: Spanned<String>,
     /// Time to the upstream's response head before answering 504. Default `60s`.
@@ -91,6 +94,7 @@ impl Default for Proxy {
             other_credentials: spanned("reject".into()),
             key_header: None,
             workers: 0,
+            cpu_affinity: spanned("auto".into()),
             connect_timeout: spanned("5s".into()),
             response_timeout: spanned("60s".into()),
             pool_size: 128,

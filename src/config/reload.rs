@@ -2,7 +2,8 @@
 //!
 //! Swapped on reload: routes, `[proxy]` upstream/timeouts/pool/`key_header`/
 //! `unmatched`/`access_log`/`fast_path`/`shutdown_grace`, `[identity]`, `[rate_limit]`, `[clients]`, `[mcp]`,
-//! `keys.revoked_status` and `quota.limit`. Fixed until restart: listen addresses, `proxy.workers`, `[store]`,
+//! `keys.revoked_status` and `quota.limit`. Fixed until restart: listen addresses, `proxy.workers`,
+//! `proxy.cpu_affinity`, `[store]`,
 //! `[redis]`, `[admin]`, `[cache]`, `[hygiene]`, `keys.prefix`/`keys.environment` and
 //! `quota.period`/`quota.on_redis_error`.
 
@@ -20,6 +21,10 @@ pub fn merge(running: &Config, new: Config) -> (Config, Vec<&'static str>) {
     };
     note(new.proxy.listen != running.proxy.listen, "proxy.listen");
     note(new.proxy.workers != running.proxy.workers, "proxy.workers");
+    note(
+        new.proxy.cpu_affinity != running.proxy.cpu_affinity,
+        "proxy.cpu_affinity",
+    );
     note(new.store != running.store, "store");
     note(new.redis != running.redis, "redis");
     note(new.admin != running.admin, "admin");
@@ -39,6 +44,7 @@ pub fn merge(running: &Config, new: Config) -> (Config, Vec<&'static str>) {
     merged.proxy = crate::proxy::Settings {
         listen: running.proxy.listen,
         workers: running.proxy.workers,
+        cpu_affinity: running.proxy.cpu_affinity,
         ..new.proxy
     };
     merged.auth = new.auth;

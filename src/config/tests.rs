@@ -129,6 +129,20 @@ fn every_problem_is_reported_at_once_with_line_and_column() {
 }
 
 #[test]
+fn cpu_affinity_is_auto_unless_turned_off() {
+    let parsed = |src: &str| parse(src, &env(&[])).map(|c| c.proxy.cpu_affinity).ok();
+    assert_eq!(parsed(""), Some(crate::proxy::CpuAffinity::Auto));
+    assert_eq!(
+        parsed("[proxy]\ncpu_affinity = \"off\"\n"),
+        Some(crate::proxy::CpuAffinity::Off)
+    );
+    assert_eq!(
+        messages("[proxy]\ncpu_affinity = \"pin\"\n"),
+        ["2:16: proxy.cpu_affinity: `pin` must be `auto` or `off`"]
+    );
+}
+
+#[test]
 fn syntax_errors_have_a_place() {
     let got = messages("[proxy]\nlisten = \n");
     assert_eq!(got.len(), 1);

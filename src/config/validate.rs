@@ -179,19 +179,28 @@ fn build(file: &File, env: &dyn Env, check: &mut Check<'_>) -> Config {
         .upstream(&p.upstream, "proxy.upstream")
         .into_iter()
         .collect();
-    let unmatched = match p.unmatched.get_ref().as_str() {
-        "deny" => route::Unmatched::Deny,
-        "authenticate" => route::Unmatched::Authenticate,
-        other => {
-            check.error(
-                p.unmatched.span(),
-                format!("proxy.unmatched: `{other}` must be `deny` or `authenticate`"),
-            );
-            route::Unmatched::Deny
-        }
-    };
+    let unmatched = choice(
+        &p.unmatched,
+        "proxy.unmatched",
+        &[
+            ("deny", route::Unmatched::Deny),
+            ("authenticate", route::Unmatched::Authenticate),
+        ],
+        check,
+    )
+    .unwrap_or(route::Unmatched::Deny);
     let other_credentials =
         other_credentials(&p.other_credentials, "proxy.other_credentials", check).unwrap_or_default();
+    let cpu_affinity = choice(
+        &p.cpu_affinity,
+        "proxy.cpu_affinity",
+        &[
+            ("auto", proxy::CpuAffinity::Auto),
+            ("off", proxy::CpuAffinity::Off),
+        ],
+        check,
+    )
+    .unwrap_or_default();
     let key_header = p.key_header.as_ref().and_then(|h| {
         HeaderName::from_bytes(h.get_ref().as_bytes())
             .map_err(|_| {
@@ -383,6 +392,7 @@ fn build(file: &File, env: &dyn Env, check: &mut Check<'_>) -> Config {
         proxy: proxy::Settings {
             listen,
             workers: p.workers,
+            cpu_affinity,
             upstreams,
             connect_timeout,
             response_timeout,
@@ -512,17 +522,37 @@ fn other_credentials(
     what: &str,
     check: &mut Check<'_>,
 ) -> Option<route::OtherCredentials> {
-    match raw.get_ref().as_str() {
-        "reject" => Some(route::OtherCredentials::Reject),
-        "pass" => Some(route::OtherCredentials::Pass),
-        other => {
-            check.error(
-                raw.span(),
-                format!("{what}: `{other}` must be `reject` or `pass`"),
-            );
-            None
-        }
+    choice(
+        raw,
+        what,
+        &[
+            ("reject", route::OtherCredentials::Reject),
+            ("pass", route::OtherCredentials::Pass),
+        ],
+        check,
+    )
+}
+
+/// The value `raw` names among `choices`; `None`, with an error listing the names,
+/// when it names none.
+fn choice<T: Copy>(
+    raw: &Spanned<String>,
+    what: &str,
+    choices: &[(&str, T)],
+    check: &mut Check<'_>,
+) -> Option<T> {
+    let found = choices
+        .iter()
+        .find(|(name, _)| name == raw.get_ref())
+        .map(|&(_, value)| value);
+    if found.is_none() {
+        let names: Vec<String> = choices.iter().map(|(name, _)| format!("`{name}`")).collect();
+        check.error(
+            raw.span(),
+            format!("{what}: `{}` must be {}", raw.get_ref(), names.join(" or ")),
+        );
     }
+    found
 }
 
 fn routes(
