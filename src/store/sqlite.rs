@@ -3,6 +3,8 @@
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use chrono::{DateTime, Utc};
@@ -33,6 +35,8 @@ pub struct Sqlite {
     pool: SqlitePool,
     /// The file's write-ahead log, which every commit writes (`None` in memory).
     wal: Option<PathBuf>,
+    /// Reads of the change feed so far (tests hold an idle poll to none).
+    feed_reads: Arc<AtomicU64>,
 }
 
 impl Sqlite {
@@ -49,17 +53,28 @@ impl Sqlite {
         // An in-memory database exists per connection, so it gets exactly one.
         let in_memory = url.contains(":memory:") || url.contains("mode=memory");
         let max = if in_memory { 1 } else { 4 };
-        let wal = (!in_memory).then(|| {
-            let mut path = options.get_filename().as_os_str().to_owned();
-            path.push("-wal");
-            PathBuf::from(path)
-        });
+        let file = options.get_filename().to_owned();
         let pool = SqlitePoolOptions::new()
             .max_connections(max)
             .connect_with(options)
             .await?;
         sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
-        Ok(Self { pool, wal })
+        // SQLite names the log after the file a symbolic link leads to; a path
+        // that cannot be resolved leaves no log to look at (every poll reads).
+        let wal = if in_memory {
+            None
+        } else {
+            std::fs::canonicalize(&file).ok().map(|file| {
+                let mut path = file.into_os_string();
+                path.push("-wal");
+                PathBuf::from(path)
+            })
+        };
+        Ok(Self {
+            pool,
+            wal,
+            feed_reads: Arc::default(),
+        })
     }
 
     pub(super) async fn create(&self, r: &KeyRecord, actor: &Actor) -> Result<(), Error> {
@@ -380,9 +395,10 @@ impl Sqlite {
 
     /// Polls the audit log every `every` (SQLite serialises writers, so sequence
     /// numbers commit in order and a poll by `seq` misses nothing). A poll first
-    /// looks at the write-ahead log's metadata and reads the log only when the file
-    /// may have changed since the last read (see [`Quiet`]): an idle proxy's poll is
-    /// one `stat`, not a round trip through a connection's thread.
+    /// looks at the write-ahead log's metadata and reads the audit log only when the
+    /// file may have changed since the last read, or that read is [`Quiet::BACKSTOP`]
+    /// old (see [`Quiet`]): an idle proxy's poll is mostly one `stat`, not a round
+    /// trip through a connection's thread.
     pub(super) async fn watch(
         self,
         every: Duration,
@@ -394,11 +410,13 @@ impl Sqlite {
         let mut quiet = Quiet::default();
         loop {
             let stamp = self.wal.as_deref().and_then(WalStamp::of);
-            let polled = if since.is_some() && quiet.unchanged(stamp) {
+            // The operating system's clock, not the app's: file times come from it.
+            let now = SystemTime::from(SystemClock.now());
+            let polled = if since.is_some() && quiet.is_unchanged(stamp, now) {
                 Ok(Vec::new())
             } else {
-                // The operating system's clock, not the app's: file times come from it.
-                quiet.reading(stamp, SystemTime::from(SystemClock.now()));
+                quiet.reading(stamp, now);
+                self.feed_reads.fetch_add(1, Ordering::Relaxed);
                 match since {
                     None => self.last_change().await.map(|seq| {
                         since = Some(seq);
@@ -470,11 +488,14 @@ impl WalStamp {
 }
 
 /// When the change feed can be left unread: the log's stamp is the one seen before
-/// the last read, and its time is more than [`Quiet::MARGIN`] older than that read.
-/// The margin covers file times that tick coarsely (a few milliseconds) and a
-/// commit whose frames were written just before the last read but published just
-/// after it: such a commit's time is close to the read's, so the next polls read
-/// again until the margin has passed.
+/// the last read, its time is more than [`Quiet::MARGIN`] older than that read, and
+/// that read is less than [`Quiet::BACKSTOP`] old. The margin covers file times
+/// that tick coarsely (a few milliseconds) and a commit whose frames were written
+/// just before the last read but published just after it: such a commit's time is
+/// close to the read's, so the next polls read again until the margin has passed.
+/// The backstop bounds what a writer that stalls longer than the margin between
+/// writing and publishing (an fsync of a slow disk under `synchronous = FULL`, a
+/// stopped process) could hide: its commit is read within seconds, not a cache TTL.
 #[derive(Debug, Default)]
 struct Quiet {
     /// The stamp taken before the last read, and when that read began.
@@ -483,15 +504,20 @@ struct Quiet {
 
 impl Quiet {
     const MARGIN: Duration = Duration::from_secs(1);
+    const BACKSTOP: Duration = Duration::from_secs(5);
 
-    fn unchanged(&self, now: Option<WalStamp>) -> bool {
-        match (self.last, now) {
-            (Some((seen, read_at)), Some(now)) => {
-                now == seen
-                    && now
+    /// Whether a poll at `now` that found the log as `stamp` may leave the feed unread.
+    fn is_unchanged(&self, stamp: Option<WalStamp>, now: SystemTime) -> bool {
+        match (self.last, stamp) {
+            (Some((seen, read_at)), Some(stamp)) => {
+                stamp == seen
+                    && stamp
                         .modified
                         .checked_add(Self::MARGIN)
                         .is_some_and(|t| t < read_at)
+                    && now
+                        .duration_since(read_at)
+                        .is_ok_and(|since| since < Self::BACKSTOP)
             }
             _ => false,
         }
@@ -666,36 +692,81 @@ mod tests {
     }
 
     #[test]
-    fn the_feed_is_left_unread_only_when_the_log_is_as_it_was_long_before_the_last_read() {
+    fn the_feed_is_left_unread_only_when_the_log_is_as_it_was_long_before_a_recent_read() {
         let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
         let old = stamp(4096, t);
+        let read_at = t + Duration::from_secs(5);
+        let soon = read_at + Duration::from_millis(250);
         let mut quiet = Quiet::default();
-        assert!(!quiet.unchanged(Some(old)), "never read: read");
-        quiet.reading(Some(old), t + Duration::from_secs(5));
+        assert!(!quiet.is_unchanged(Some(old), soon), "never read: read");
+        quiet.reading(Some(old), read_at);
         assert!(
-            quiet.unchanged(Some(old)),
+            quiet.is_unchanged(Some(old), soon),
             "written 5 s before the last read, not since"
         );
-        assert!(!quiet.unchanged(Some(stamp(8192, t))), "longer: a commit");
         assert!(
-            !quiet.unchanged(Some(stamp(4096, t + Duration::from_millis(4)))),
+            !quiet.is_unchanged(Some(stamp(8192, t)), soon),
+            "longer: a commit"
+        );
+        assert!(
+            !quiet.is_unchanged(Some(stamp(4096, t + Duration::from_millis(4))), soon),
             "rewritten in place after a restart of the log"
         );
         assert!(
-            !quiet.unchanged(Some(WalStamp { inode: 8, ..old })),
+            !quiet.is_unchanged(Some(WalStamp { inode: 8, ..old }), soon),
             "a new file of the same length and time"
         );
-        assert!(!quiet.unchanged(None), "the log cannot be read: read the feed");
+        assert!(
+            !quiet.is_unchanged(None, soon),
+            "the log cannot be read: read the feed"
+        );
+        // The backstop: a read at least every five seconds, and at once if the clock went back.
+        assert!(quiet.is_unchanged(Some(old), read_at + Duration::from_millis(4999)));
+        assert!(!quiet.is_unchanged(Some(old), read_at + Duration::from_secs(5)));
+        assert!(!quiet.is_unchanged(Some(old), read_at - Duration::from_secs(1)));
         // Written close to the last read: a commit may have been published after it.
-        quiet.reading(Some(old), t + Duration::from_millis(900));
-        assert!(!quiet.unchanged(Some(old)));
-        quiet.reading(Some(old), t + Duration::from_millis(1001));
-        assert!(quiet.unchanged(Some(old)));
-        // A log whose time is ahead of the clock (the clock went back) is read.
-        quiet.reading(Some(old), t - Duration::from_secs(60));
-        assert!(!quiet.unchanged(Some(old)));
+        let read_at = t + Duration::from_millis(900);
+        quiet.reading(Some(old), read_at);
+        assert!(!quiet.is_unchanged(Some(old), read_at + Duration::from_millis(10)));
+        let read_at = t + Duration::from_millis(1001);
+        quiet.reading(Some(old), read_at);
+        assert!(quiet.is_unchanged(Some(old), read_at + Duration::from_millis(10)));
+        // A log whose time is ahead of the last read (the clock went back) is read.
+        let read_at = t - Duration::from_secs(60);
+        quiet.reading(Some(old), read_at);
+        assert!(!quiet.is_unchanged(Some(old), read_at + Duration::from_millis(10)));
         // A read whose stamp could not be taken leaves nothing to compare.
         quiet.reading(None, t + Duration::from_secs(5));
-        assert!(!quiet.unchanged(Some(old)));
+        assert!(!quiet.is_unchanged(Some(old), t + Duration::from_secs(6)));
+    }
+
+    /// An idle poll looks at the log and leaves the feed unread; a commit by
+    /// another connection pool (as another process would make it) is read at once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_idle_poll_reads_nothing_and_a_commit_elsewhere_is_read() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = format!("sqlite://{}/k.db", dir.path().display());
+        let db = Sqlite::open(&url).await.expect("open");
+        let reads = Arc::clone(&db.feed_reads);
+        let (notices, mut noticed) = mpsc::channel(16);
+        let (_stop, stop) = watch::channel(false);
+        tokio::spawn(db.watch(Duration::from_millis(10), notices, stop));
+        // Past the margin after the migrations' writes, polls stop reading.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let before = reads.load(Ordering::Relaxed);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(reads.load(Ordering::Relaxed), before, "fifty idle polls, no read");
+
+        let other = Sqlite::open(&url).await.expect("a second pool");
+        let id = Uuid::new_v4();
+        sqlx::query("INSERT INTO audit_log (at, actor, action, key_id) VALUES ('2026-11-24T00:00:00Z', 'cli', 'revoke', $1)")
+            .bind(id.to_string())
+            .execute(&other.pool)
+            .await
+            .expect("a change elsewhere");
+        let notice = tokio::time::timeout(Duration::from_secs(1), noticed.recv())
+            .await
+            .expect("the change within a second");
+        assert!(matches!(notice, Some(Notice::Changed(changed)) if changed == id));
     }
 }
