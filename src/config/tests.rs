@@ -140,6 +140,11 @@ fn cpu_affinity_is_auto_unless_turned_off() {
         messages("[proxy]\ncpu_affinity = \"pin\"\n"),
         ["2:16: proxy.cpu_affinity: `pin` must be `auto` or `off`"]
     );
+    // Three names read as a list.
+    assert_eq!(
+        messages("[quota]\non_redis_error = \"crash\"\n"),
+        ["2:18: quota.on_redis_error: `crash` must be `local`, `allow` or `deny`"]
+    );
 }
 
 #[test]

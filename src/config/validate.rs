@@ -278,18 +278,17 @@ fn build(file: &File, env: &dyn Env, check: &mut Check<'_>) -> Config {
         );
         quota::Period::Month
     });
-    let on_redis_error = match q.on_redis_error.get_ref().as_str() {
-        "local" => quota::OnRedisError::Local,
-        "allow" => quota::OnRedisError::Allow,
-        "deny" => quota::OnRedisError::Deny,
-        other => {
-            check.error(
-                q.on_redis_error.span(),
-                format!("quota.on_redis_error: `{other}` must be `local`, `allow` or `deny`"),
-            );
-            quota::OnRedisError::Local
-        }
-    };
+    let on_redis_error = choice(
+        &q.on_redis_error,
+        "quota.on_redis_error",
+        &[
+            ("local", quota::OnRedisError::Local),
+            ("allow", quota::OnRedisError::Allow),
+            ("deny", quota::OnRedisError::Deny),
+        ],
+        check,
+    )
+    .unwrap_or(quota::OnRedisError::Local);
 
     let c = &file.cache;
     let cache = cache::Settings {
@@ -360,17 +359,16 @@ fn build(file: &File, env: &dyn Env, check: &mut Check<'_>) -> Config {
             }
             idle
         }),
-        on_leak: match h.on_leak.get_ref().as_str() {
-            "pause" => crate::manage::OnLeak::Pause,
-            "revoke" => crate::manage::OnLeak::Revoke,
-            other => {
-                check.error(
-                    h.on_leak.span(),
-                    format!("hygiene.on_leak: `{other}` must be `pause` or `revoke`"),
-                );
-                crate::manage::OnLeak::Pause
-            }
-        },
+        on_leak: choice(
+            &h.on_leak,
+            "hygiene.on_leak",
+            &[
+                ("pause", crate::manage::OnLeak::Pause),
+                ("revoke", crate::manage::OnLeak::Revoke),
+            ],
+            check,
+        )
+        .unwrap_or_default(),
         github_keys: h.github_public_keys.as_ref().and_then(|p| {
             let read = std::fs::read_to_string(p.get_ref())
                 .map_err(|e| e.to_string())
@@ -547,10 +545,11 @@ fn choice<T: Copy>(
         .map(|&(_, value)| value);
     if found.is_none() {
         let names: Vec<String> = choices.iter().map(|(name, _)| format!("`{name}`")).collect();
-        check.error(
-            raw.span(),
-            format!("{what}: `{}` must be {}", raw.get_ref(), names.join(" or ")),
-        );
+        let names = match names.split_last() {
+            Some((last, rest)) if !rest.is_empty() => format!("{} or {last}", rest.join(", ")),
+            _ => names.concat(),
+        };
+        check.error(raw.span(), format!("{what}: `{}` must be {names}", raw.get_ref()));
     }
     found
 }

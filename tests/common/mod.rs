@@ -637,14 +637,18 @@ pub fn serve_process_with(
                 use std::io::Write as _;
                 let _ = writeln!(file, "{line}");
             }
+            // Kept before the address is announced: a caller that saw the address
+            // finds the line that carried it in `logs`.
+            {
+                let mut logs = logs.lock().expect("logs");
+                logs.push_str(&line);
+                logs.push('\n');
+            }
             if let Ok(v) = serde_json::from_str::<Value>(&line)
                 && let Some(addr) = v["fields"]["addr"].as_str()
             {
                 let _ = tx.send(addr.to_owned());
             }
-            let mut logs = logs.lock().expect("logs");
-            logs.push_str(&line);
-            logs.push('\n');
         }
     });
     let addr = rx
