@@ -1,4 +1,4 @@
-# Shared set-up of benches/flood.sh and benches/footprint.sh; source it after setting
+# Shared set-up of benches/{ab,flood,footprint,idle,profile}.sh; source it after setting
 # ROOT and NAME. It builds keygate and bench_upstream in release (plus EXAMPLES),
 # starts the upstream on UP, picks free ports PX (proxy) and AD (admin), keeps
 # temporary files in TMP, and stops every process in PIDS on exit. The caller

@@ -217,12 +217,13 @@ pub enum CpuAffinity {
 
 impl CpuAffinity {
     /// The CPU of each of `workers` workers, given the CPUs the process may run on:
-    /// one each when they are exactly as many (the CPUs are keygate's: a VM or a
-    /// container cpuset sized for it). A pinned worker keeps its caches and does not
-    /// meet another on one CPU while a second idles (`benches/ab.sh`, four runs:
-    /// p99 0.83x-0.92x, req/s 0.99x-1.05x). With more CPUs than workers, or fewer,
-    /// the CPUs are shared with other work, which the kernel places better than a
-    /// fixed choice would.
+    /// one each when they are exactly as many (with `workers = 0` wherever no CPU
+    /// quota applies, or in a cpuset sized for keygate). A pinned worker keeps its
+    /// caches and does not meet another on one CPU while a second idles (measured
+    /// in docs/performance.md). With more CPUs than workers, or fewer, the CPUs
+    /// are shared with other work, which the kernel places better than a fixed
+    /// choice would. Threads a pinned worker starts (tokio's blocking pool, for
+    /// hostname lookups) inherit its CPU.
     fn plan<T>(self, workers: usize, allowed: Option<Vec<T>>) -> Option<Vec<T>> {
         match self {
             Self::Auto => allowed.filter(|cpus| cpus.len() == workers),
