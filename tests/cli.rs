@@ -80,6 +80,69 @@ fn serve(config: &Path, logs: Arc<Mutex<String>>) -> (Child, String) {
     common::serve_process(config, "trace", logs)
 }
 
+/// Access lines are written into the log batch without the subscriber (when it
+/// writes no colours, as into a pipe): the binary writes them in the chosen format
+/// and `RUST_LOG` still turns them off.
+#[tokio::test]
+async fn access_lines_come_in_the_chosen_format_and_follow_rust_log() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let echo = Echo::start().await;
+    let cli = Cli {
+        config: write_config(dir.path(), &echo.addr.to_string()),
+        logs: Arc::new(Mutex::new(String::new())),
+    };
+    let created = cli.json(&[
+        "keys", "create", "--name", "a", "--org", "acme", "--scopes", "read", "--json",
+    ]);
+    let key = created["key"].as_str().expect("key").to_owned();
+    let id = created["id"].as_str().expect("id").to_owned();
+    let client = reqwest::Client::new();
+    for (format, rust_log, logged) in [
+        ("json", "info", true),
+        ("human", "info", true),
+        ("json", "info,keygate::access=off", false),
+        ("human", "info,keygate::access=off", false),
+    ] {
+        let logs = Arc::new(Mutex::new(String::new()));
+        let (server, addr) = common::serve_process_in(format, &cli.config, &[], rust_log, Arc::clone(&logs));
+        let url = format!("http://{addr}/v1/orgs/acme/items/1");
+        let ok = client.get(&url).bearer_auth(&key).send().await.expect("request");
+        let refused = client.get(&url).send().await.expect("request");
+        assert_eq!((ok.status().as_u16(), refused.status().as_u16()), (200, 401));
+        // Stopping writes out what the workers collected.
+        common::terminate(server);
+        let all = logs.lock().expect("logs").clone();
+        let access: Vec<&str> = all.lines().filter(|l| l.contains("keygate::access")).collect();
+        if !logged {
+            assert!(access.is_empty(), "{format}, {rust_log}: {all}");
+            assert!(all.contains("proxy listening"), "other lines stay: {all}");
+            continue;
+        }
+        assert_eq!(access.len(), 2, "{format}: {all}");
+        for (line, status) in access.iter().zip([200, 401]) {
+            if format == "json" {
+                let v: Value = serde_json::from_str(line).expect("a JSON line");
+                assert_eq!(v["level"], "INFO", "{line}");
+                assert_eq!(v["fields"]["status"], status, "{line}");
+                assert_eq!(v["fields"]["path"], "/v1/orgs/acme/items/1", "{line}");
+            } else {
+                assert!(
+                    line.contains("  INFO keygate::access: request method=GET "),
+                    "{line}"
+                );
+                assert!(line.contains(&format!(" status={status} ")), "{line}");
+                assert!(line.contains(" path=\"/v1/orgs/acme/items/1\" "), "{line}");
+            }
+        }
+        assert!(
+            access[0].contains(&id),
+            "the granted line names the key id: {}",
+            access[0]
+        );
+        assert!(!all.contains(&key[8..]), "no key material: {all}");
+    }
+}
+
 both_stores!(the_binary_serves_manages_keys_and_never_logs_a_key);
 async fn the_binary_serves_manages_keys_and_never_logs_a_key(backend: Backend) {
     let dir = tempfile::tempdir().expect("temp dir");

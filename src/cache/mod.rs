@@ -187,27 +187,11 @@ mod tests {
     use super::*;
     use crate::clock::ManualClock;
     use crate::keys::KeyRecord;
-    use crate::keys::record::Owner;
 
     fn record() -> Arc<CachedKey> {
         Arc::new(CachedKey::from(&KeyRecord {
-            id: Uuid::new_v4(),
             org_id: None,
-            owner: Owner::Org("acme".into()),
-            name: "k".into(),
-            display_prefix: "kg_live_x".into(),
-            hash: KeyHash::default(),
-            environment: "live".into(),
-            scopes: vec![],
-            restrictions: Arc::default(),
-            quota_limit: None,
-            metadata: serde_json::Value::Null,
-            created_by: "test".into(),
-            created_at: chrono::Utc::now(),
-            last_used_at: None,
-            expires_at: None,
-            paused: false,
-            revoked_at: None,
+            ..KeyRecord::example("acme")
         }))
     }
 

@@ -170,27 +170,13 @@ fn intern_scopes(scopes: &[String]) -> Arc<Scopes> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::keys::record::Owner;
 
     fn record(org: &str, scopes: &[&str]) -> KeyRecord {
         KeyRecord {
-            id: Uuid::new_v4(),
-            org_id: Some(org.into()),
-            owner: Owner::Org(org.into()),
-            name: "k".into(),
-            display_prefix: "kg_live_x".into(),
-            hash: crate::keys::KeyHash::default(),
-            environment: "live".into(),
             scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
-            restrictions: Arc::default(),
             quota_limit: Some(5),
             metadata: serde_json::json!({"team": "a"}),
-            created_by: "me".into(),
-            created_at: Utc::now(),
-            last_used_at: None,
-            expires_at: None,
-            paused: false,
-            revoked_at: None,
+            ..KeyRecord::example(org)
         }
     }
 

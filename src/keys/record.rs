@@ -323,6 +323,33 @@ impl KeyRecord {
 }
 
 #[cfg(test)]
+impl KeyRecord {
+    /// A live key of `org` (owned by it) for the crate's unit tests: no scopes, no
+    /// limits, no expiry, created now.
+    pub(crate) fn example(org: &str) -> Self {
+        Self {
+            id: Uuid::new_v4(),
+            org_id: Some(org.into()),
+            owner: Owner::Org(org.into()),
+            name: "k".into(),
+            display_prefix: "kg_live_x".into(),
+            hash: KeyHash::default(),
+            environment: "live".into(),
+            scopes: Vec::new(),
+            restrictions: Arc::default(),
+            quota_limit: None,
+            metadata: serde_json::Value::Null,
+            created_by: "test".into(),
+            created_at: Utc::now(),
+            last_used_at: None,
+            expires_at: None,
+            paused: false,
+            revoked_at: None,
+        }
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

@@ -3,13 +3,17 @@
 //! are bounded and carry no key material: the key id and org, never the key.
 
 use std::borrow::Cow;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use http::{HeaderValue, Method, Uri};
 
 use crate::auth::AuthMethod;
 use crate::auth::route::Route;
 use crate::keys::CachedKey;
+use crate::telemetry::{LogFormat, direct, logs};
+
+/// The target access lines are logged on.
+const TARGET: &str = "keygate::access";
 
 /// What one request came to.
 pub(super) struct Line<'a> {
@@ -76,10 +80,28 @@ impl<'a> Line<'a> {
     }
 
     /// Writes the line at INFO (filter with `RUST_LOG=keygate::access=off`, or
-    /// `[proxy] access_log = false`).
+    /// `[proxy] access_log = false`): straight into the log batch when keygate's
+    /// own subscriber is installed without colours, through `tracing` otherwise.
+    /// The bytes are the same either way.
+    #[allow(
+        clippy::disallowed_methods,
+        reason = "a log line carries the system's time, as the subscriber's own lines do"
+    )]
     pub(super) fn write(&self) {
+        match logs::direct() {
+            Some(format) => {
+                if tracing::enabled!(target: TARGET, tracing::Level::INFO) {
+                    logs::write_direct(|out| self.format(out, format, SystemTime::now()));
+                }
+            }
+            None => self.trace(),
+        }
+    }
+
+    /// The line as a `tracing` event.
+    fn trace(&self) {
         tracing::info!(
-            target: "keygate::access",
+            target: TARGET,
             method = %self.method,
             path = self.uri.path(),
             query = self.query_key.map(|name| tracing::field::display(Redacted(name))),
@@ -91,15 +113,170 @@ impl<'a> Line<'a> {
             auth = self.auth.map(AuthMethod::as_str),
             mcp_method = self.mcp_method.as_deref(),
             mcp_tool = self.mcp_tool.as_deref(),
-            request_id = self.request_id.to_str().unwrap_or("-"),
+            request_id = self.request_id(),
             decision_us = micros(self.decision),
             upstream_us = self.upstream.map(micros),
             duration_us = micros(self.total),
             "request"
         );
     }
+
+    /// The line [`Line::trace`] has the subscriber write, at `at`: the same fields,
+    /// in the same order, absent ones left out.
+    fn format(&self, out: &mut Vec<u8>, format: LogFormat, at: SystemTime) {
+        let mut line = direct::Line::info(out, format, at, TARGET, "request");
+        line.display("method", &self.method).str("path", self.uri.path());
+        if let Some(name) = self.query_key {
+            line.display("query", Redacted(name));
+        }
+        line.str("route", self.route)
+            .number("status", u64::from(self.status))
+            .str("code", self.code);
+        if let Some(key) = self.key {
+            line.display("key_id", key.id);
+            if let Some(org) = key.org_id.as_deref() {
+                line.str("org", org);
+            }
+        }
+        if let Some(auth) = self.auth {
+            line.str("auth", auth.as_str());
+        }
+        if let Some(method) = self.mcp_method.as_deref() {
+            line.str("mcp_method", method);
+        }
+        if let Some(tool) = self.mcp_tool.as_deref() {
+            line.str("mcp_tool", tool);
+        }
+        line.str("request_id", self.request_id())
+            .number("decision_us", micros(self.decision));
+        if let Some(upstream) = self.upstream {
+            line.number("upstream_us", micros(upstream));
+        }
+        line.number("duration_us", micros(self.total)).end();
+    }
+
+    fn request_id(&self) -> &str {
+        self.request_id.to_str().unwrap_or("-")
+    }
 }
 
 fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use tracing_subscriber::fmt::format::Writer;
+    use tracing_subscriber::fmt::time::FormatTime;
+
+    use super::*;
+    use crate::keys::KeyRecord;
+
+    /// The subscriber's clock stopped at one time.
+    struct At(SystemTime);
+
+    impl FormatTime for At {
+        fn format_time(&self, w: &mut Writer<'_>) -> std::fmt::Result {
+            let mut text = Vec::new();
+            direct::timestamp(&mut text, self.0);
+            w.write_str(&String::from_utf8_lossy(&text))
+        }
+    }
+
+    /// What the subscriber keygate installs writes for `line` at `at`.
+    fn traced(line: &Line<'_>, format: LogFormat, at: SystemTime) -> String {
+        let written = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&written);
+        let writer = move || Capture(Arc::clone(&sink));
+        let filter = tracing_subscriber::EnvFilter::new("info");
+        let subscriber = logs::subscriber(format, filter, false, writer, At(at));
+        tracing::subscriber::with_default(subscriber, || line.trace());
+        let bytes = written.lock().expect("lines").clone();
+        String::from_utf8(bytes).expect("utf-8")
+    }
+
+    struct Capture(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Capture {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().expect("lines").extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn written(line: &Line<'_>, format: LogFormat, at: SystemTime) -> String {
+        let mut out = Vec::new();
+        line.format(&mut out, format, at);
+        String::from_utf8(out).expect("utf-8")
+    }
+
+    #[test]
+    fn the_line_written_directly_is_the_one_the_subscriber_writes() {
+        let key = CachedKey::from(&KeyRecord::example("acme \"quoted\" ü"));
+        let unorged = CachedKey::from(&KeyRecord {
+            org_id: None,
+            ..KeyRecord::example("acme")
+        });
+        let uri: Uri = "/v1/orgs/a%22b/items/%E2%9C%93?api_key=secret&x=1"
+            .parse()
+            .expect("uri");
+        let plain_id = HeaderValue::from_static("req-1");
+        let opaque_id = HeaderValue::from_bytes(b"r\xffq").expect("obs-text");
+        let refused = Line::new(Method::GET, Cow::Borrowed(&uri), &opaque_id);
+        let forwarded = Line {
+            route: "items \\ all",
+            status: 200,
+            code: "forwarded",
+            key: Some(&key),
+            decision: Duration::from_nanos(12_345),
+            upstream: Some(Duration::from_micros(250)),
+            total: Duration::from_micros(263),
+            auth: Some(AuthMethod::ApiKey),
+            query_key: Some("api_key"),
+            ..Line::new(Method::POST, Cow::Borrowed(&uri), &plain_id)
+        };
+        let mcp = Line {
+            route: "mcp",
+            status: 429,
+            code: "quota_exceeded",
+            key: Some(&unorged),
+            auth: Some(AuthMethod::Passed),
+            mcp_method: Some("tools/call".into()),
+            mcp_tool: Some("say \"hi\"\n\t\u{1b}[31mred\u{7f} ✓".into()),
+            total: Duration::MAX,
+            ..Line::new(
+                Method::from_bytes(b"PURGE").expect("method"),
+                Cow::Borrowed(&uri),
+                &plain_id,
+            )
+        };
+        let at = std::time::UNIX_EPOCH + Duration::new(1_795_545_352, 123_456_789);
+        for format in [LogFormat::Human, LogFormat::Json] {
+            for line in [&refused, &forwarded, &mcp] {
+                let ours = written(line, format, at);
+                assert_eq!(ours, traced(line, format, at), "{format:?}");
+                assert!(!ours.contains("secret"), "no query value: {ours}");
+            }
+        }
+        // What the lines say, read back.
+        let json = written(&forwarded, LogFormat::Json, at);
+        let v: serde_json::Value = serde_json::from_str(&json).expect("a JSON line");
+        assert_eq!(v["timestamp"], "2026-11-24T18:35:52.123456Z");
+        assert_eq!(v["fields"]["org"], "acme \"quoted\" ü");
+        assert_eq!(v["fields"]["query"], "api_key=[redacted]");
+        assert_eq!(v["fields"]["decision_us"], 12);
+        assert!(json.ends_with("\"target\":\"keygate::access\"}\n"), "{json}");
+        let text = written(&refused, LogFormat::Human, at);
+        assert!(
+            text.starts_with("2026-11-24T18:35:52.123456Z  INFO keygate::access: request method=GET path=\""),
+            "{text}"
+        );
+        assert!(text.contains(" request_id=\"-\" "), "{text}");
+    }
 }

@@ -448,25 +448,10 @@ mod tests {
     #[test]
     fn identity_lines_match_the_identity_headers() {
         use crate::keys::KeyRecord;
-        use crate::keys::record::Owner;
         let record = KeyRecord {
-            id: uuid::Uuid::new_v4(),
-            org_id: Some("acme".into()),
-            owner: Owner::Org("acme".into()),
             name: "Ünïcode % name\twith tab".into(),
-            display_prefix: "kg_live_x".into(),
-            hash: crate::keys::KeyHash::default(),
-            environment: "live".into(),
             scopes: vec!["read".into(), "wr%te".into()],
-            restrictions: std::sync::Arc::default(),
-            quota_limit: None,
-            metadata: serde_json::json!({}),
-            created_by: "me".into(),
-            created_at: Utc::now(),
-            last_used_at: None,
-            expires_at: None,
-            paused: false,
-            revoked_at: None,
+            ..KeyRecord::example("acme")
         };
         let key = CachedKey::from(&record);
         let identity = Identity::default();

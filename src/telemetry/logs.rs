@@ -12,6 +12,12 @@
 //! threads hand over each line at once. An access line reaches stderr at most about
 //! 100 ms after its request. If the writer falls 256 hand-offs behind, new ones are dropped (and
 //! counted in a line of their own) rather than slowing the data plane.
+//!
+//! When the subscriber installed is this one and writes no colours (stderr is not a
+//! terminal: a file, a pipe, a container's log), the access line skips it: it is
+//! formatted straight into the batch ([`direct`], [`write_direct`],
+//! [`super::direct`]), the same bytes the subscriber would write, and `RUST_LOG`
+//! still decides whether it is written.
 
 use std::cell::RefCell;
 use std::io::Write as _;
@@ -23,6 +29,8 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::fmt::time::FormatTime;
+use tracing_subscriber::util::SubscriberInitExt as _;
 
 /// Log line format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -91,28 +99,52 @@ pub fn flush_thread() {
     }
 }
 
+/// Writes a whole line (or several, each ending in `\n`) that `write` formats, as
+/// the subscriber's lines are written: kept in this thread's batch on a batching
+/// thread, handed to the writer at once elsewhere. For lines in [`direct`]'s format.
+pub fn write_direct(write: impl FnOnce(&mut Vec<u8>)) {
+    // `Ok((first, full))` on a batching thread; elsewhere `write` comes back.
+    let kept = PENDING.with_borrow_mut(|pending| match pending {
+        Some(pending) => {
+            let first = pending.is_empty();
+            write(pending);
+            Ok((first, pending.len() >= BATCH))
+        }
+        None => Err(write),
+    });
+    match kept {
+        Err(write) => {
+            let mut line = Vec::new();
+            write(&mut line);
+            hand_over(line);
+        }
+        Ok((_, true)) => flush_thread(),
+        // `try_with`: a line logged while the thread's locals are torn down.
+        Ok((true, false)) => {
+            let _ = FIRST_LINE.try_with(|told| told.notify_one());
+        }
+        Ok((false, false)) => {}
+    }
+}
+
+/// The line format when keygate's subscriber is the one installed and writes no
+/// colours: a line keygate writes often (the access line) can then be written
+/// straight into the batch in that format, byte for byte what the subscriber would
+/// write, without going through the subscriber ([`write_direct`]).
+static DIRECT: OnceLock<LogFormat> = OnceLock::new();
+
+/// The format to write lines in with [`write_direct`]; `None` when lines must go
+/// through `tracing` (another subscriber, or colours on).
+pub fn direct() -> Option<LogFormat> {
+    DIRECT.get().copied()
+}
+
 /// What the formatter writes each line to.
 struct LineWriter;
 
 impl std::io::Write for LineWriter {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        // `Some((first, full))` on a batching thread, `None` elsewhere.
-        let kept = PENDING.with_borrow_mut(|pending| {
-            pending.as_mut().map(|pending| {
-                let first = pending.is_empty();
-                pending.extend_from_slice(buf);
-                (first, pending.len() >= BATCH)
-            })
-        });
-        match kept {
-            None => hand_over(buf.to_vec()),
-            Some((_, true)) => flush_thread(),
-            // `try_with`: a line logged while the thread's locals are torn down.
-            Some((true, false)) => {
-                let _ = FIRST_LINE.try_with(|told| told.notify_one());
-            }
-            Some((false, false)) => {}
-        }
+        write_direct(|pending| pending.extend_from_slice(buf));
         Ok(buf.len())
     }
 
@@ -169,6 +201,30 @@ impl Drop for Guard {
     }
 }
 
+/// The subscriber [`init`] installs, with its clock an argument (the access log's
+/// tests hold lines written without it to what it writes at a given time).
+pub(crate) fn subscriber<W, T>(
+    format: LogFormat,
+    filter: EnvFilter,
+    ansi: bool,
+    writer: W,
+    timer: T,
+) -> Box<dyn tracing::Subscriber + Send + Sync>
+where
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+    T: FormatTime + Send + Sync + 'static,
+{
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi)
+        .with_timer(timer)
+        .with_writer(writer);
+    match format {
+        LogFormat::Human => Box::new(builder.finish()),
+        LogFormat::Json => Box::new(builder.json().finish()),
+    }
+}
+
 /// Installs the global subscriber writing to stderr; `RUST_LOG` filters (default `info`).
 pub fn init(format: LogFormat) -> Guard {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
@@ -183,15 +239,13 @@ pub fn init(format: LogFormat) -> Guard {
         }
         writer
     });
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(Lines);
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let timer = tracing_subscriber::fmt::time::SystemTime;
     // A second init (tests) keeps the first subscriber.
-    let _ = match format {
-        LogFormat::Human => builder.try_init(),
-        LogFormat::Json => builder.json().try_init(),
-    };
+    let installed = subscriber(format, filter, ansi, Lines, timer).try_init();
+    if installed.is_ok() && !ansi {
+        let _ = DIRECT.set(format);
+    }
     Guard(())
 }
 

@@ -617,9 +617,21 @@ pub fn serve_process_with(
     rust_log: &str,
     logs: Arc<std::sync::Mutex<String>>,
 ) -> (std::process::Child, String) {
+    serve_process_in("json", config, flags, rust_log, logs)
+}
+
+/// `keygate --log-format FORMAT serve` with extra flags; the address is read from
+/// the first line that carries one, in either format.
+pub fn serve_process_in(
+    format: &str,
+    config: &std::path::Path,
+    flags: &[&str],
+    rust_log: &str,
+    logs: Arc<std::sync::Mutex<String>>,
+) -> (std::process::Child, String) {
     use std::io::{BufRead, BufReader};
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_keygate"))
-        .args(["--log-format", "json", "serve"])
+        .args(["--log-format", format, "serve"])
         .args(flags)
         .arg("--config")
         .arg(config)
@@ -647,6 +659,9 @@ pub fn serve_process_with(
             if let Ok(v) = serde_json::from_str::<Value>(&line)
                 && let Some(addr) = v["fields"]["addr"].as_str()
             {
+                let _ = tx.send(addr.to_owned());
+            } else if let Some((_, rest)) = line.split_once(" addr=") {
+                let addr = rest.split(' ').next().unwrap_or_default();
                 let _ = tx.send(addr.to_owned());
             }
         }
