@@ -1,11 +1,11 @@
 //! The SQLite admin store (embedded default): WAL mode, so a CLI in another process
 //! can change keys while `keygate serve` runs.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime};
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use sqlx::Row;
@@ -15,12 +15,10 @@ use sqlx::sqlite::{
 use uuid::Uuid;
 
 use super::{
-    Actor, AuditEntry, AuditPage, Change, Error, ListQuery, Notice, Page, Patch, UsageRow, format_ts,
-    parse_ts, to_i64,
+    Actor, AuditEntry, AuditPage, Change, Error, ListQuery, Page, Patch, UsageRow, format_ts, parse_ts,
+    to_i64,
 };
-use crate::clock::{Clock, SystemClock};
 use crate::keys::{KeyHash, KeyRecord, Owner, Status};
-use tokio::sync::{mpsc, watch};
 
 const COLUMNS: &str = "id, org_id, owner_type, owner_id, name, display_prefix, key_hash, \
     environment, scopes, restrictions, quota_limit, metadata, created_by, created_at, \
@@ -28,6 +26,8 @@ const COLUMNS: &str = "id, org_id, owner_type, owner_id, name, display_prefix, k
 
 /// The most changes one read of the change feed returns.
 const CHANGES_PER_READ: i64 = 1000;
+
+mod feed;
 
 /// A pool of connections to one SQLite file.
 #[derive(Debug, Clone)]
@@ -37,6 +37,8 @@ pub struct Sqlite {
     wal: Option<PathBuf>,
     /// Reads of the change feed so far (tests hold an idle poll to none).
     feed_reads: Arc<AtomicU64>,
+    /// Polls of the change feed so far (tests hold a quiet feed to none).
+    feed_polls: Arc<AtomicU64>,
 }
 
 impl Sqlite {
@@ -74,6 +76,7 @@ impl Sqlite {
             pool,
             wal,
             feed_reads: Arc::default(),
+            feed_polls: Arc::default(),
         })
     }
 
@@ -393,139 +396,8 @@ impl Sqlite {
         Ok(())
     }
 
-    /// Polls the audit log every `every` (SQLite serialises writers, so sequence
-    /// numbers commit in order and a poll by `seq` misses nothing). A poll first
-    /// looks at the write-ahead log's metadata and reads the audit log only when the
-    /// file may have changed since the last read, or that read is [`Quiet::BACKSTOP`]
-    /// old (see [`Quiet`]): an idle proxy's poll is mostly one `stat`, not a round
-    /// trip through a connection's thread.
-    pub(super) async fn watch(
-        self,
-        every: Duration,
-        notices: mpsc::Sender<Notice>,
-        mut stop: watch::Receiver<bool>,
-    ) {
-        let mut since = None;
-        let mut failing = false;
-        let mut quiet = Quiet::default();
-        loop {
-            let stamp = self.wal.as_deref().and_then(WalStamp::of);
-            // The operating system's clock, not the app's: file times come from it.
-            let now = SystemTime::from(SystemClock.now());
-            let polled = if since.is_some() && quiet.is_unchanged(stamp, now) {
-                Ok(Vec::new())
-            } else {
-                quiet.reading(stamp, now);
-                self.feed_reads.fetch_add(1, Ordering::Relaxed);
-                match since {
-                    None => self.last_change().await.map(|seq| {
-                        since = Some(seq);
-                        Vec::new()
-                    }),
-                    Some(seq) => self.changes_since(seq).await,
-                }
-            };
-            match polled {
-                Ok(changes) => {
-                    if changes.len() >= CHANGES_PER_READ as usize {
-                        // More may wait behind this page: the next poll reads on.
-                        quiet = Quiet::default();
-                    }
-                    if failing {
-                        tracing::info!("change feed readable again");
-                        failing = false;
-                    }
-                    for change in changes {
-                        since = Some(change.seq);
-                        if let Some(id) = change.key_id
-                            && notices.send(Notice::Changed(id)).await.is_err()
-                        {
-                            return;
-                        }
-                    }
-                }
-                Err(e) => {
-                    quiet = Quiet::default();
-                    if !failing {
-                        tracing::warn!(error = %e, "cannot read the change feed; cached keys stay valid until their TTL");
-                        failing = true;
-                    }
-                }
-            }
-            tokio::select! {
-                () = tokio::time::sleep(every) => {}
-                _ = stop.changed() => return,
-            }
-        }
-    }
-
     pub(super) async fn close(&self) {
         self.pool.close().await;
-    }
-}
-
-/// The write-ahead log's identity, length and modification time. In WAL mode every
-/// commit, from any connection in any process, writes frames to this file, so a
-/// commit changes the length or the time (or, after the log restarts, the time).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct WalStamp {
-    inode: u64,
-    len: u64,
-    modified: SystemTime,
-}
-
-impl WalStamp {
-    /// `None` when the file cannot be read (not there yet, say): the poll reads the log.
-    fn of(path: &Path) -> Option<Self> {
-        use std::os::unix::fs::MetadataExt;
-        let meta = std::fs::metadata(path).ok()?;
-        Some(Self {
-            inode: meta.ino(),
-            len: meta.len(),
-            modified: meta.modified().ok()?,
-        })
-    }
-}
-
-/// When the change feed can be left unread: the log's stamp is the one seen before
-/// the last read, its time is more than [`Quiet::MARGIN`] older than that read, and
-/// that read is less than [`Quiet::BACKSTOP`] old. The margin covers file times
-/// that tick coarsely (a few milliseconds) and a commit whose frames were written
-/// just before the last read but published just after it: such a commit's time is
-/// close to the read's, so the next polls read again until the margin has passed.
-/// The backstop bounds what a writer that stalls longer than the margin between
-/// writing and publishing (an fsync of a slow disk under `synchronous = FULL`, a
-/// stopped process) could hide: its commit is read within seconds, not a cache TTL.
-#[derive(Debug, Default)]
-struct Quiet {
-    /// The stamp taken before the last read, and when that read began.
-    last: Option<(WalStamp, SystemTime)>,
-}
-
-impl Quiet {
-    const MARGIN: Duration = Duration::from_secs(1);
-    const BACKSTOP: Duration = Duration::from_secs(5);
-
-    /// Whether a poll at `now` that found the log as `stamp` may leave the feed unread.
-    fn is_unchanged(&self, stamp: Option<WalStamp>, now: SystemTime) -> bool {
-        match (self.last, stamp) {
-            (Some((seen, read_at)), Some(stamp)) => {
-                stamp == seen
-                    && stamp
-                        .modified
-                        .checked_add(Self::MARGIN)
-                        .is_some_and(|t| t < read_at)
-                    && now
-                        .duration_since(read_at)
-                        .is_ok_and(|since| since < Self::BACKSTOP)
-            }
-            _ => false,
-        }
-    }
-
-    /// Records a read of the log that begins now, after `stamp` was taken.
-    fn reading(&mut self, stamp: Option<WalStamp>, at: SystemTime) {
-        self.last = stamp.map(|s| (s, at));
     }
 }
 
@@ -677,96 +549,4 @@ fn json<T: serde::Serialize>(value: &T) -> String {
 
 fn from_json<T: serde::de::DeserializeOwned>(s: &str) -> Result<T, Error> {
     serde_json::from_str(s).map_err(|e| Error::Corrupt(format!("bad JSON column: {e}")))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn stamp(len: u64, modified: SystemTime) -> WalStamp {
-        WalStamp {
-            inode: 7,
-            len,
-            modified,
-        }
-    }
-
-    #[test]
-    fn the_feed_is_left_unread_only_when_the_log_is_as_it_was_long_before_a_recent_read() {
-        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
-        let old = stamp(4096, t);
-        let read_at = t + Duration::from_secs(5);
-        let soon = read_at + Duration::from_millis(250);
-        let mut quiet = Quiet::default();
-        assert!(!quiet.is_unchanged(Some(old), soon), "never read: read");
-        quiet.reading(Some(old), read_at);
-        assert!(
-            quiet.is_unchanged(Some(old), soon),
-            "written 5 s before the last read, not since"
-        );
-        assert!(
-            !quiet.is_unchanged(Some(stamp(8192, t)), soon),
-            "longer: a commit"
-        );
-        assert!(
-            !quiet.is_unchanged(Some(stamp(4096, t + Duration::from_millis(4))), soon),
-            "rewritten in place after a restart of the log"
-        );
-        assert!(
-            !quiet.is_unchanged(Some(WalStamp { inode: 8, ..old }), soon),
-            "a new file of the same length and time"
-        );
-        assert!(
-            !quiet.is_unchanged(None, soon),
-            "the log cannot be read: read the feed"
-        );
-        // The backstop: a read at least every five seconds, and at once if the clock went back.
-        assert!(quiet.is_unchanged(Some(old), read_at + Duration::from_millis(4999)));
-        assert!(!quiet.is_unchanged(Some(old), read_at + Duration::from_secs(5)));
-        assert!(!quiet.is_unchanged(Some(old), read_at - Duration::from_secs(1)));
-        // Written close to the last read: a commit may have been published after it.
-        let read_at = t + Duration::from_millis(900);
-        quiet.reading(Some(old), read_at);
-        assert!(!quiet.is_unchanged(Some(old), read_at + Duration::from_millis(10)));
-        let read_at = t + Duration::from_millis(1001);
-        quiet.reading(Some(old), read_at);
-        assert!(quiet.is_unchanged(Some(old), read_at + Duration::from_millis(10)));
-        // A log whose time is ahead of the last read (the clock went back) is read.
-        let read_at = t - Duration::from_secs(60);
-        quiet.reading(Some(old), read_at);
-        assert!(!quiet.is_unchanged(Some(old), read_at + Duration::from_millis(10)));
-        // A read whose stamp could not be taken leaves nothing to compare.
-        quiet.reading(None, t + Duration::from_secs(5));
-        assert!(!quiet.is_unchanged(Some(old), t + Duration::from_secs(6)));
-    }
-
-    /// An idle poll looks at the log and leaves the feed unread; a commit by
-    /// another connection pool (as another process would make it) is read at once.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn an_idle_poll_reads_nothing_and_a_commit_elsewhere_is_read() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let url = format!("sqlite://{}/k.db", dir.path().display());
-        let db = Sqlite::open(&url).await.expect("open");
-        let reads = Arc::clone(&db.feed_reads);
-        let (notices, mut noticed) = mpsc::channel(16);
-        let (_stop, stop) = watch::channel(false);
-        tokio::spawn(db.watch(Duration::from_millis(10), notices, stop));
-        // Past the margin after the migrations' writes, polls stop reading.
-        tokio::time::sleep(Duration::from_millis(1500)).await;
-        let before = reads.load(Ordering::Relaxed);
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        assert_eq!(reads.load(Ordering::Relaxed), before, "fifty idle polls, no read");
-
-        let other = Sqlite::open(&url).await.expect("a second pool");
-        let id = Uuid::new_v4();
-        sqlx::query("INSERT INTO audit_log (at, actor, action, key_id) VALUES ('2026-11-24T00:00:00Z', 'cli', 'revoke', $1)")
-            .bind(id.to_string())
-            .execute(&other.pool)
-            .await
-            .expect("a change elsewhere");
-        let notice = tokio::time::timeout(Duration::from_secs(1), noticed.recv())
-            .await
-            .expect("the change within a second");
-        assert!(matches!(notice, Some(Notice::Changed(changed)) if changed == id));
-    }
 }
