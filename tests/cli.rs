@@ -109,7 +109,16 @@ async fn access_lines_come_in_the_chosen_format_and_follow_rust_log() {
         let ok = client.get(&url).bearer_auth(&key).send().await.expect("request");
         let refused = client.get(&url).send().await.expect("request");
         assert_eq!((ok.status().as_u16(), refused.status().as_u16()), (200, 401));
-        // Stopping writes out what the workers collected.
+        // A worker's lines reach stderr about 100 ms after their request; wait
+        // for both, or long enough that lines written by mistake would show.
+        let count = || {
+            let logs = logs.lock().expect("logs");
+            logs.lines().filter(|l| l.contains("keygate::access")).count()
+        };
+        let deadline = Instant::now() + Duration::from_secs(if logged { 5 } else { 1 });
+        while (!logged || count() < 2) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         common::terminate(server);
         let all = logs.lock().expect("logs").clone();
         let access: Vec<&str> = all.lines().filter(|l| l.contains("keygate::access")).collect();

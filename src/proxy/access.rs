@@ -90,7 +90,7 @@ impl<'a> Line<'a> {
     pub(super) fn write(&self) {
         match logs::direct() {
             Some(format) => {
-                if tracing::enabled!(target: TARGET, tracing::Level::INFO) {
+                if enabled() {
                     logs::write_direct(|out| self.format(out, format, SystemTime::now()));
                 }
             }
@@ -160,6 +160,33 @@ impl<'a> Line<'a> {
     }
 }
 
+/// Whether the subscriber would write the access event: asked as an event with the
+/// event's fields, so that a `RUST_LOG` directive naming a field (`[{error}]=off`)
+/// decides as it does for the event itself.
+fn enabled() -> bool {
+    tracing::enabled!(
+        kind: tracing::metadata::Kind::EVENT,
+        target: TARGET,
+        tracing::Level::INFO,
+        message,
+        method,
+        path,
+        query,
+        route,
+        status,
+        code,
+        key_id,
+        org,
+        auth,
+        mcp_method,
+        mcp_tool,
+        request_id,
+        decision_us,
+        upstream_us,
+        duration_us
+    )
+}
+
 fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
@@ -187,14 +214,47 @@ mod tests {
 
     /// What the subscriber keygate installs writes for `line` at `at`.
     fn traced(line: &Line<'_>, format: LogFormat, at: SystemTime) -> String {
+        traced_under("info", line, format, at).0
+    }
+
+    /// What the subscriber writes for `line` under the filter `directives`, and
+    /// whether [`enabled`] said it would write it.
+    fn traced_under(directives: &str, line: &Line<'_>, format: LogFormat, at: SystemTime) -> (String, bool) {
         let written = Arc::new(Mutex::new(Vec::new()));
         let sink = Arc::clone(&written);
         let writer = move || Capture(Arc::clone(&sink));
-        let filter = tracing_subscriber::EnvFilter::new("info");
+        let filter = tracing_subscriber::EnvFilter::new(directives);
         let subscriber = logs::subscriber(format, filter, false, writer, At(at));
-        tracing::subscriber::with_default(subscriber, || line.trace());
+        let enabled = tracing::subscriber::with_default(subscriber, || {
+            line.trace();
+            enabled()
+        });
         let bytes = written.lock().expect("lines").clone();
-        String::from_utf8(bytes).expect("utf-8")
+        (String::from_utf8(bytes).expect("utf-8"), enabled)
+    }
+
+    #[test]
+    fn the_direct_line_is_written_when_the_filter_lets_the_event_through() {
+        let id = HeaderValue::from_static("req-1");
+        let uri = Uri::from_static("/v1/items/1");
+        let line = Line::new(Method::GET, Cow::Borrowed(&uri), &id);
+        let at = std::time::UNIX_EPOCH;
+        for directives in [
+            "info",
+            "warn",
+            "info,keygate::access=off",
+            "warn,keygate::access=info",
+            "keygate=info",
+            "info,[{error}]=off",
+            "warn,[{error}]=info",
+            "info,[{status}]=off",
+            "warn,[{status}]=info",
+            "info,keygate::access[{duration_us}]=off",
+            "info,[span_elsewhere]=off",
+        ] {
+            let (written, enabled) = traced_under(directives, &line, LogFormat::Human, at);
+            assert_eq!(enabled, !written.is_empty(), "`{directives}`: {written:?}");
+        }
     }
 
     struct Capture(Arc<Mutex<Vec<u8>>>);

@@ -83,8 +83,12 @@ impl Sqlite {
                     }
                 }
             }
-            // Quiet: nothing to read until the log is written or the backstop is due.
-            let backstop = quiet.backstop_in(now).filter(|_| written.is_on());
+            // Quiet: nothing to read until the log is written or the backstop is due
+            // (not sooner than the configured interval, which may be longer).
+            let backstop = quiet
+                .backstop_in(now)
+                .filter(|_| written.is_on())
+                .map(|backstop| backstop.max(every));
             tokio::select! {
                 () = tokio::time::sleep(backstop.unwrap_or(every)) => {}
                 () = written.reported(), if backstop.is_some() => {}
@@ -237,6 +241,9 @@ impl Written {
                             | EventMask::UNMOUNT,
                     );
                     if ended {
+                        tracing::info!(
+                            "the store's inotify watch ended; the change feed polls every poll_interval"
+                        );
                         break;
                     }
                     if event.name.as_ref() == Some(name) || event.mask.contains(EventMask::Q_OVERFLOW) {
