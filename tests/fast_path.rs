@@ -560,3 +560,40 @@ async fn heads_framing_and_retries_stay_bounded() {
     );
     app.stop().await;
 }
+
+/// A kept-alive connection waiting for its next request closes as soon as the proxy
+/// stops: shutdown does not sit out `shutdown_grace` (5 s here) for idle clients,
+/// and each one waits for the stop however many requests it served before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_kept_alive_connections_close_when_the_proxy_stops() {
+    let scripted = Scripted::start().await;
+    let app = app_with(&scripted).await;
+    let mut idle = Vec::new();
+    for requests in [1, 3] {
+        let mut stream = TcpStream::connect(app.addr).await.expect("connect");
+        let mut buf = Vec::new();
+        for _ in 0..requests {
+            stream
+                .write_all(b"GET /raw/ok HTTP/1.1\r\nHost: api\r\n\r\n")
+                .await
+                .expect("write");
+            let answer = read_answer(&mut stream, &mut buf, false).await;
+            assert_eq!(answer.status, 200, "{}", answer.head);
+        }
+        idle.push(stream);
+    }
+    let started = std::time::Instant::now();
+    app.stop().await;
+    let took = started.elapsed();
+    assert!(
+        took < std::time::Duration::from_millis(2500),
+        "stopping took {took:?}: idle connections held it towards shutdown_grace"
+    );
+    for mut stream in idle {
+        let mut rest = [0u8; 64];
+        let read = tokio::time::timeout(std::time::Duration::from_secs(1), stream.read(&mut rest))
+            .await
+            .expect("the idle connection ended");
+        assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    }
+}

@@ -65,7 +65,7 @@ pub(super) struct Handover {
 }
 
 /// Serves one client connection.
-pub(super) async fn serve(mut client: TcpStream, peer: SocketAddr, shared: Arc<Shared>, mut hand: Handover) {
+pub(super) async fn serve(mut client: TcpStream, peer: SocketAddr, shared: Arc<Shared>, hand: Handover) {
     let mut buf = BytesMut::with_capacity(READ_HEAD);
     let mut fields = Vec::with_capacity(16);
     let mut scratch = Scratch::new(hand.idle);
@@ -75,6 +75,13 @@ pub(super) async fn serve(mut client: TcpStream, peer: SocketAddr, shared: Arc<S
     // reload an idle connection keeps the snapshot it last used until its next
     // request or its end.
     let mut config = arc_swap::Cache::new(Arc::clone(&shared.live));
+    // The worker's stop, which closes the connection while it waits for a request.
+    // One wait for the connection's life: a `changed()` per request would join and
+    // leave the channel's list of waiters, a lock each way, every time.
+    let mut stop_rx = hand.stopped.clone();
+    let mut stop = std::pin::pin!(async move {
+        let _ = stop_rx.changed().await;
+    });
     loop {
         // A whole head, and the body it announces, within `idle` of the previous
         // answer (a slow sender cannot stretch it byte by byte).
@@ -108,7 +115,7 @@ pub(super) async fn serve(mut client: TcpStream, peer: SocketAddr, shared: Arc<S
                     Ok(_) => {}
                 },
                 () = scratch.idle.as_mut() => return,
-                _ = hand.stopped.changed(), if buf.is_empty() => return,
+                () = &mut stop, if buf.is_empty() => return,
             }
         };
         let live = config.load();
