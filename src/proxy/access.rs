@@ -257,6 +257,40 @@ mod tests {
         }
     }
 
+    /// Each field the access event has, named in a directive that turns it off:
+    /// [`enabled`] lists the event's fields by hand, and one it missed would let
+    /// the direct line through where the subscriber drops the event.
+    #[test]
+    fn every_field_of_the_event_is_one_enabled_asks_about() {
+        #[derive(Clone, Default)]
+        struct Names(Arc<Mutex<Vec<&'static str>>>);
+        impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Names {
+            fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+                let mut names = self.0.lock().expect("names");
+                names.extend(event.metadata().fields().iter().map(|f| f.name()));
+            }
+        }
+        let id = HeaderValue::from_static("req-1");
+        let uri = Uri::from_static("/v1/items/1");
+        let line = Line::new(Method::GET, Cow::Borrowed(&uri), &id);
+        let names = Names::default();
+        let subscriber =
+            tracing_subscriber::layer::SubscriberExt::with(tracing_subscriber::registry(), names.clone());
+        tracing::subscriber::with_default(subscriber, || line.trace());
+        let names = names.0.lock().expect("names").clone();
+        assert!(names.len() > 10, "{names:?}");
+        for name in names {
+            let directives = format!("info,[{{{name}}}]=off");
+            let (written, enabled) =
+                traced_under(&directives, &line, LogFormat::Human, std::time::UNIX_EPOCH);
+            assert!(
+                written.is_empty(),
+                "`{directives}` should drop the event: {written:?}"
+            );
+            assert!(!enabled, "`{directives}`: enabled() says the line is written");
+        }
+    }
+
     struct Capture(Arc<Mutex<Vec<u8>>>);
 
     impl std::io::Write for Capture {
