@@ -59,3 +59,4 @@ ab_summary "$TMP/rounds.txt" A "${cpu_s[A]}" "${reqs[A]}" B "${cpu_s[B]}" "${req
 awk -v a="${user_s[A]}" -v na="${reqs[A]}" -v b="${user_s[B]}" -v nb="${reqs[B]}" -v hz="$(getconf CLK_TCK)" 'BEGIN {
     ua = a / hz * 1e6 / na; ub = b / hz * 1e6 / nb
     printf "user CPU µs/req: A %.2f, B %.2f, B/A %.3fx\n", ua, ub, ub / ua }'
+echo "B/A req/s per round, geometric mean [95 % interval]: $(round_interval "$TMP/rounds.txt" A B)"

@@ -517,6 +517,20 @@ ratio_row keygate-redis nginx-lua-redis
 ratio_row keygate-localquota bare-hyper-keys
 ratio_row keygate-localquota nginx-proxy-keys
 
+# The rounds' ratios as one figure with its spread (benches/interval.awk; the rounds
+# are paired, both targets of a ratio run in each).
+interval_row() { # A B
+    [ -n "${IDX[$1]:-}" ] && [ -n "${IDX[$2]:-}" ] || return 0
+    printf '%-40s %s\n' "$1 / $2" "$(rounds_ratio "$1" "$2" | awk -f "$ROOT/benches/interval.awk")"
+}
+echo
+echo "per-round req/s ratio: geometric mean [95 % interval, Student's t over the log ratios]"
+interval_row keygate-localquota nginx-proxy
+interval_row keygate-localquota haproxy-proxy
+interval_row keygate-redis keygate-localquota
+interval_row keygate-redis nginx-lua-redis
+interval_row keygate-localquota nginx-proxy-keys
+
 n_kga="$(requests keygate-accesslog)"
 echo "access lines written by keygate-accesslog: $(grep -c 'keygate::access' "$TMP/keygate-access.log" || true) (completed requests: $n_kga, plus warm-up)"
 

@@ -21,8 +21,6 @@ key() {
         python3 -c 'import json,sys; print(json.load(sys.stdin)["key"])'
 }
 
-# wrk -t1 -c64 for SECS against URL with the Lua SCRIPT (and its ARGS); prints
-# "req/s p99ms requests" and fails on any non-2xx answer.
 # The config of benches/ab.sh and benches/profile.sh: embedded SQLite store, local
 # quota, 2 workers, access log off (RUST_LOG=warn), the items route of benches/load.sh.
 items_config() { # PROXY_PORT ADMIN_PORT DB_FILE
@@ -51,10 +49,14 @@ org_param = "org"
 EOF
 }
 
+# wrk -t1 -c64 for SECS against URL with the Lua SCRIPT (and its ARGS; SCRIPT "-":
+# plain wrk, no script); prints "req/s p99ms requests" and fails on any non-2xx answer.
 wrk_run() { # SECS SCRIPT URL [ARGS...]
     local secs=$1 script=$2 url=$3
     shift 3
-    wrk -t1 -c64 -d"${secs}s" --latency -s "$script" "$url" -- "$@" |
+    local with=(-s "$script")
+    [ "$script" != - ] || with=()
+    wrk -t1 -c64 -d"${secs}s" --latency "${with[@]}" "$url" -- "$@" |
         awk '/requests in/ {n=$1} /Requests\/sec/ {r=$2} /^ +99%/ {v=$2; if (v ~ /us$/) p=v/1000; else if (v ~ /ms$/) p=v+0; else p=v*1000}
              /Non-2xx/ {bad=$4} END {if (bad) {print "wrk: non-2xx responses" > "/dev/stderr"; exit 3}; printf "%s %.2f %s\n", r, p, n}'
 }
@@ -75,4 +77,12 @@ for s in (a, b):
     print(f"{s:{w}} {med(s, 2):12.0f} {med(s, 3):13.2f} {us[s]:11.1f}")
 print(f"{b + '/' + a:{w + 1}} {med(b, 2) / med(a, 2):11.3f}x {med(b, 3) / med(a, 3):12.3f}x {us[b] / us[a]:10.3f}x")
 PY
+}
+
+# The per-round req/s ratios SIDE2/SIDE1 of a ROUNDS_FILE (as for ab_summary) as a
+# geometric mean and its 95 % interval (benches/interval.awk).
+round_interval() { # ROUNDS_FILE SIDE1 SIDE2
+    awk -v a="$2" -v b="$3" '$2 == a {x[$1] = $3} $2 == b {y[$1] = $3}
+        END {for (r in x) if (x[r] > 0 && y[r] > 0) printf "%f ", y[r] / x[r]}' "$1" |
+        awk -f "$ROOT/benches/interval.awk"
 }
