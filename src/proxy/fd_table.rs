@@ -11,8 +11,9 @@
 //!
 //! [`make_private`] runs on a worker thread after its runtime is built and before its
 //! listener is bound. It stops the thread from taking the process's asynchronous
-//! signals, gives the thread a copy of the process's table (`unshare(CLONE_FILES)`,
-//! which needs no privilege) and closes in that copy the sockets and pipes it
+//! signals, gives the thread a copy of the process's table
+//! (`close_range(CLOSE_RANGE_UNSHARE)`, or `unshare(CLONE_FILES)` before Linux 5.9;
+//! neither needs a privilege) and closes in that copy the sockets and pipes it
 //! inherited ([`inherited`]). From then on the sockets the worker accepts, and those
 //! it opens to upstreams, exist in its table alone.
 //!
@@ -46,8 +47,8 @@
 //!   its peer). Closing a copy never releases a lock the process holds: POSIX locks
 //!   belong to the table that took them.
 //!
-//! Where the system refuses (`unshare` is filtered by some seccomp profiles, or
-//! `/proc` is not mounted) the worker keeps the shared table and keygate works as
+//! Where the system refuses (a seccomp profile that filters both calls, or no
+//! `/proc`) the worker keeps the shared table and keygate works as
 //! before; the start-up line says which (`private_fd_tables`).
 
 use std::collections::HashMap;
@@ -65,9 +66,21 @@ pub fn make_private() -> io::Result<usize> {
     block_async_signals()?;
     // Without /proc the inherited descriptors cannot be told apart: stay shared.
     list()?;
-    // SAFETY: unshare(CLONE_FILES) gives this thread a copy of the table; the module
-    // docs list why no thread uses a descriptor under a number of the other table.
-    if unsafe { libc::unshare(libc::CLONE_FILES) } != 0 {
+    // SAFETY: both calls give this thread a copy of the table and close nothing (the
+    // range of close_range holds no descriptor: the highest number there is); the
+    // module docs list why no thread uses a descriptor under a number of the other
+    // table. close_range first: seccomp profiles that refuse unshare without
+    // CAP_SYS_ADMIN (Docker's default) allow it; unshare for kernels before 5.9.
+    let copied = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            libc::c_uint::MAX,
+            libc::c_uint::MAX,
+            libc::CLOSE_RANGE_UNSHARE,
+        ) == 0
+            || libc::unshare(libc::CLONE_FILES) == 0
+    };
+    if !copied {
         return Err(io::Error::last_os_error());
     }
     // The copy is this thread's alone now: nothing opens or closes in it meanwhile.
