@@ -73,7 +73,13 @@ fn serve(workers: usize, affinity: &str, pinned: bool) -> (Vec<Vec<usize>>, bool
         );
         std::thread::sleep(Duration::from_millis(20));
     };
-    let said = common::startup_line(&logs).contains("\"pinned\":true");
+    let said = logs
+        .lock()
+        .expect("logs")
+        .lines()
+        .find(|l| l.contains("proxy listening"))
+        .expect("the start-up line")
+        .contains("\"pinned\":true");
     common::terminate(child);
     (cpus, said)
 }

@@ -64,9 +64,6 @@ pub struct Proxy {
     /// `auto` (default): each worker pinned to its own CPU when the process may run on
     /// exactly as many CPUs as there are workers; `off`: placement left to the kernel.
     pub cpu_affinity: Spanned<String>,
-    /// Each worker on a file-descriptor table of its own (cheaper socket calls).
-    /// Default true; `false` keeps every thread on the process's table.
-    pub private_fd_table: bool,
     /// Time to connect to the upstream before answering 502. Default `5s`.
     pub connect_timeout: Spanned<String>,
     /// Time to the upstream's response head before answering 504. Default `60s`.
@@ -98,7 +95,6 @@ impl Default for Proxy {
             key_header: None,
             workers: 0,
             cpu_affinity: spanned("auto".into()),
-            private_fd_table: true,
             connect_timeout: spanned("5s".into()),
             response_timeout: spanned("60s".into()),
             pool_size: 128,

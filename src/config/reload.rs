@@ -3,7 +3,7 @@
 //! Swapped on reload: routes, `[proxy]` upstream/timeouts/pool/`key_header`/
 //! `unmatched`/`access_log`/`fast_path`/`shutdown_grace`, `[identity]`, `[rate_limit]`, `[clients]`, `[mcp]`,
 //! `keys.revoked_status` and `quota.limit`. Fixed until restart: listen addresses, `proxy.workers`,
-//! `proxy.cpu_affinity`, `proxy.private_fd_table`, `[store]`,
+//! `proxy.cpu_affinity`, `[store]`,
 //! `[redis]`, `[admin]`, `[cache]`, `[hygiene]`, `keys.prefix`/`keys.environment` and
 //! `quota.period`/`quota.on_redis_error`.
 
@@ -25,10 +25,6 @@ pub fn merge(running: &Config, new: Config) -> (Config, Vec<&'static str>) {
         new.proxy.cpu_affinity != running.proxy.cpu_affinity,
         "proxy.cpu_affinity",
     );
-    note(
-        new.proxy.private_fd_table != running.proxy.private_fd_table,
-        "proxy.private_fd_table",
-    );
     note(new.store != running.store, "store");
     note(new.redis != running.redis, "redis");
     note(new.admin != running.admin, "admin");
@@ -49,7 +45,6 @@ pub fn merge(running: &Config, new: Config) -> (Config, Vec<&'static str>) {
         listen: running.proxy.listen,
         workers: running.proxy.workers,
         cpu_affinity: running.proxy.cpu_affinity,
-        private_fd_table: running.proxy.private_fd_table,
         ..new.proxy
     };
     merged.auth = new.auth;

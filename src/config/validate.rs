@@ -391,7 +391,6 @@ fn build(file: &File, env: &dyn Env, check: &mut Check<'_>) -> Config {
             listen,
             workers: p.workers,
             cpu_affinity,
-            private_fd_table: p.private_fd_table,
             upstreams,
             connect_timeout,
             response_timeout,

@@ -8,8 +8,6 @@
 mod access;
 pub mod client;
 pub mod ext_authz;
-#[cfg(target_os = "linux")]
-mod fd_table;
 pub mod forward;
 pub mod h1;
 pub mod headers;
@@ -52,8 +50,6 @@ pub struct Settings {
     pub workers: usize,
     /// Whether workers are pinned to CPUs.
     pub cpu_affinity: CpuAffinity,
-    /// Whether each worker takes a descriptor table of its own ([`fd_table`]).
-    pub private_fd_table: bool,
     /// Upstreams; index 0 is the default.
     pub upstreams: Vec<Upstream>,
     /// Upstream connect timeout.
@@ -236,37 +232,32 @@ impl CpuAffinity {
     }
 }
 
-/// Starts the worker threads and binds their listeners, with the listen address and
+/// Binds the listeners and starts the worker threads, with the listen address and
 /// worker count of the snapshot in force now.
 ///
-/// Each worker builds its runtime first; once all are built, each in turn takes a
-/// descriptor table of its own (`[proxy] private_fd_table`, see [`fd_table`]) and
-/// binds its `SO_REUSEPORT` listener in it, the first on the configured address and
-/// the rest on the address it got (a port 0 resolved).
-///
 /// # Errors
-/// When the address cannot be bound or a worker cannot start; the workers started
-/// by then end.
+/// When the address cannot be bound or a thread cannot start.
 pub fn start(
     live: Snapshot,
     decider: Arc<Decider>,
     clock: SharedClock,
     metrics: Arc<Metrics>,
 ) -> std::io::Result<Running> {
-    let (listen, workers, cpu_affinity, private_fd_table) = {
+    let (listen, workers, cpu_affinity) = {
         let settings = &live.load().proxy;
-        (
-            settings.listen,
-            settings.workers,
-            settings.cpu_affinity,
-            settings.private_fd_table,
-        )
+        (settings.listen, settings.workers, settings.cpu_affinity)
     };
     let workers = match workers {
         0 => std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
         n => n,
     };
     let cpus = cpu_affinity.plan(workers, core_affinity::get_core_ids());
+    let first = bind(listen)?;
+    let addr = first.local_addr()?;
+    let mut listeners = vec![first];
+    for _ in 1..workers {
+        listeners.push(bind(addr)?);
+    }
     let (stop, stopped) = watch::channel(false);
     let shared = Arc::new(Shared {
         decider,
@@ -276,169 +267,41 @@ pub fn start(
         failures: Failures::default(),
         mcp: Arc::default(),
     });
-    let mut running = Running {
-        addr: listen,
-        stop,
-        threads: Vec::with_capacity(workers),
-    };
-    let (report, reports) = std::sync::mpsc::channel();
-    let mut binds = Vec::with_capacity(workers);
-    for i in 0..workers {
-        let (bind_tx, bind_rx) = std::sync::mpsc::channel::<SocketAddr>();
-        binds.push(bind_tx);
-        let report = report.clone();
+    let mut threads = Vec::with_capacity(workers);
+    for (i, listener) in listeners.into_iter().enumerate() {
         let shared = Arc::clone(&shared);
         let stopped = stopped.clone();
         let cpu = cpus.as_ref().and_then(|cpus| cpus.get(i).copied());
         let thread = std::thread::Builder::new()
             .name(format!("keygate-proxy-{i}"))
             .spawn(move || {
-                worker_thread(
-                    Starting {
-                        cpu,
-                        private_fd_table,
-                        bind: bind_rx,
-                        report,
-                    },
-                    shared,
-                    stopped,
-                );
+                if let Some(cpu) = cpu
+                    && !core_affinity::set_for_current(cpu)
+                {
+                    tracing::warn!(
+                        cpu = cpu.id,
+                        "cannot pin a proxy worker to its CPU; the kernel places it"
+                    );
+                }
+                let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot start a proxy worker runtime");
+                        return;
+                    }
+                };
+                // Access lines collect per worker and go to the log writer in batches.
+                crate::telemetry::logs::batch_this_thread();
+                runtime.block_on(async {
+                    tokio::spawn(flush_logs());
+                    worker(listener, shared, stopped).await;
+                });
+                crate::telemetry::logs::flush_thread();
             })?;
-        running.threads.push(thread);
+        threads.push(thread);
     }
-    drop(report);
-    let private = match bind_all(&reports, &binds, listen) {
-        Ok((addr, private)) => {
-            running.addr = addr;
-            private
-        }
-        Err(e) => {
-            // Workers still waiting to bind end when their channel closes; bound ones stop.
-            drop(binds);
-            let _ = running.stop.send(true);
-            for t in running.threads {
-                let _ = t.join();
-            }
-            return Err(e);
-        }
-    };
-    tracing::info!(
-        addr = %running.addr,
-        workers,
-        pinned = cpus.is_some(),
-        private_fd_tables = private_fd_table && private,
-        "proxy listening"
-    );
-    Ok(running)
-}
-
-/// What a worker thread gets to start with, besides what it serves.
-struct Starting {
-    /// Its CPU, when pinned.
-    cpu: Option<core_affinity::CoreId>,
-    private_fd_table: bool,
-    /// The address to bind, once every worker's runtime is built.
-    bind: std::sync::mpsc::Receiver<SocketAddr>,
-    report: std::sync::mpsc::Sender<Report>,
-}
-
-/// A worker thread: its CPU, its runtime, its descriptor table and listener (in the
-/// order [`start`] describes), then [`worker`] until the proxy stops.
-fn worker_thread(start: Starting, shared: Arc<Shared>, stopped: watch::Receiver<bool>) {
-    if let Some(cpu) = start.cpu
-        && !core_affinity::set_for_current(cpu)
-    {
-        tracing::warn!(
-            cpu = cpu.id,
-            "cannot pin a proxy worker to its CPU; the kernel places it"
-        );
-    }
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-        Ok(rt) => rt,
-        Err(e) => {
-            let _ = start.report.send(Report::Built(Err(e)));
-            return;
-        }
-    };
-    let _ = start.report.send(Report::Built(Ok(())));
-    // Until every worker's runtime is built (or start gives up).
-    let Ok(addr) = start.bind.recv() else { return };
-    let private = start.private_fd_table
-        && match make_private() {
-            Ok(closed) => {
-                tracing::debug!(closed, "proxy worker on a descriptor table of its own");
-                true
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "a proxy worker keeps the process's descriptor table");
-                false
-            }
-        };
-    let listener = match bind(addr) {
-        Ok(l) => l,
-        Err(e) => {
-            let _ = start.report.send(Report::Bound(Err(e)));
-            return;
-        }
-    };
-    let _ = start
-        .report
-        .send(Report::Bound(listener.local_addr().map(|a| (a, private))));
-    // Access lines collect per worker and go to the log writer in batches.
-    crate::telemetry::logs::batch_this_thread();
-    runtime.block_on(async {
-        tokio::spawn(flush_logs());
-        worker(listener, shared, stopped).await;
-    });
-    crate::telemetry::logs::flush_thread();
-}
-
-/// [`fd_table::make_private`] where there is one: Linux.
-fn make_private() -> std::io::Result<usize> {
-    #[cfg(target_os = "linux")]
-    return fd_table::make_private();
-    #[cfg(not(target_os = "linux"))]
-    Err(std::io::ErrorKind::Unsupported.into())
-}
-
-/// What a starting worker tells [`start`].
-enum Report {
-    /// Its runtime is built.
-    Built(std::io::Result<()>),
-    /// Its listener is bound: the address, and whether the worker has a descriptor
-    /// table of its own.
-    Bound(std::io::Result<(SocketAddr, bool)>),
-}
-
-/// Waits until every worker's runtime is built, then has each bind in turn, the first
-/// on `addr` and the rest on what it bound; the address, and whether every worker
-/// has a descriptor table of its own.
-fn bind_all(
-    reports: &std::sync::mpsc::Receiver<Report>,
-    binds: &[std::sync::mpsc::Sender<SocketAddr>],
-    mut addr: SocketAddr,
-) -> std::io::Result<(SocketAddr, bool)> {
-    let ended = || std::io::Error::other("a proxy worker ended while starting");
-    for _ in binds {
-        match reports.recv() {
-            Ok(Report::Built(Ok(()))) => {}
-            Ok(Report::Built(Err(e))) => return Err(e),
-            Ok(Report::Bound(_)) | Err(_) => return Err(ended()),
-        }
-    }
-    let mut private = true;
-    for bind in binds {
-        bind.send(addr).map_err(|_| ended())?;
-        match reports.recv() {
-            Ok(Report::Bound(Ok((bound, own)))) => {
-                addr = bound;
-                private &= own;
-            }
-            Ok(Report::Bound(Err(e))) => return Err(e),
-            Ok(Report::Built(_)) | Err(_) => return Err(ended()),
-        }
-    }
-    Ok((addr, private))
+    tracing::info!(%addr, workers, pinned = cpus.is_some(), "proxy listening");
+    Ok(Running { addr, stop, threads })
 }
 
 /// Hands the worker's collected log lines to the writer

@@ -692,16 +692,6 @@ pub fn create_key_with_cli(config: &std::path::Path, args: &[&str]) -> String {
         .to_owned()
 }
 
-/// The `proxy listening` line of a `serve_process`'s logs.
-pub fn startup_line(logs: &std::sync::Mutex<String>) -> String {
-    logs.lock()
-        .expect("logs")
-        .lines()
-        .find(|l| l.contains("proxy listening"))
-        .expect("the start-up line")
-        .to_owned()
-}
-
 /// Sends SIGTERM and checks the process exits 0.
 pub fn terminate(mut child: std::process::Child) {
     let killed = std::process::Command::new("kill")
