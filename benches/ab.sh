@@ -38,7 +38,6 @@ RUST_LOG="${RUST_LOG:-warn}" "$B" serve --config "$TMP/b.toml" >"$TMP/b.log" 2>&
 for p in "$PA" "$PB"; do
     for ((i = 0; i < 100; i++)); do curl -s -o /dev/null "http://127.0.0.1:$p/" && break; sleep 0.05; done
 done
-cpu() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 user() { awk '{print $14}' "/proc/$1/stat"; }
 run() { wrk_run "$2" "$LUA" "http://127.0.0.1:$1/v1/orgs/acme/items/1" "$TMP/keys.txt"; } # PORT SECS
 run "$PA" 2 >/dev/null; run "$PB" 2 >/dev/null   # warm L1 and the upstream pools

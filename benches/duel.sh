@@ -51,13 +51,6 @@ for p in "$PX" "$NG"; do
 done
 
 PATH_="/v1/orgs/acme/items/1"
-ticks() { # PID: utime+stime of it and its children, in clock ticks
-    local t=0 p
-    for p in "$1" $(pgrep -P "$1" || true); do
-        t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0)))
-    done
-    echo "$t"
-}
 machine() { # "busy total" clock ticks of all CPUs since boot (busy: user, nice, system, irq, softirq)
     awk '$1 == "cpu" {print $2 + $3 + $4 + $7 + $8, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9; exit}' /proc/stat
 }
@@ -79,7 +72,7 @@ printf '%-5s %-8s %10s %8s\n' round side 'req/s' 'p99 ms'
 for ((r = 1; r <= ROUNDS; r++)); do
     if ((r % 2)); then order="keygate nginx"; else order="nginx keygate"; fi
     for side in $order; do
-        before=$(ticks "${pid_of[$side]}")
+        before=$(cpu "${pid_of[$side]}")
         read -r busy0 total0 < <(machine)
         read -r segs0 bytes0 < <(segments)
         read -r rps p99 n < <(run "$side" "$SECS")
@@ -87,7 +80,7 @@ for ((r = 1; r <= ROUNDS; r++)); do
         read -r busy1 total1 < <(machine)
         segs_of[$side]=$(( ${segs_of[$side]:-0} + segs1 - segs0 ))
         bytes_of[$side]=$(( ${bytes_of[$side]:-0} + bytes1 - bytes0 ))
-        ticks_of[$side]=$(( ${ticks_of[$side]:-0} + $(ticks "${pid_of[$side]}") - before ))
+        ticks_of[$side]=$(( ${ticks_of[$side]:-0} + $(cpu "${pid_of[$side]}") - before ))
         busy_of[$side]=$(( ${busy_of[$side]:-0} + busy1 - busy0 ))
         total_of[$side]=$(( ${total_of[$side]:-0} + total1 - total0 ))
         reqs_of[$side]=$(( ${reqs_of[$side]:-0} + n ))

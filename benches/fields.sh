@@ -34,7 +34,6 @@ wrk.headers["X-Forwarded-Host"] = "127.0.0.1:$PX"
 wrk.headers["X-Forwarded-Proto"] = "http"
 wrk.headers["X-Request-Id"] = "15ec2d6204ddd2390000000000000a41"
 EOF
-cpu() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 run() { # SIDE SECS
     if [ "$1" = bare ]; then wrk_run "$2" - "$URL"; else wrk_run "$2" "$TMP/fields.lua" "$URL"; fi
 }

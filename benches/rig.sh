@@ -79,6 +79,17 @@ print(f"{b + '/' + a:{w + 1}} {med(b, 2) / med(a, 2):11.3f}x {med(b, 3) / med(a,
 PY
 }
 
+# utime+stime of process PID and its children (nginx: master and workers), in clock
+# ticks; fails when PID is gone.
+cpu() { # PID
+    local t p
+    t=$(awk '{print $14 + $15}' "/proc/$1/stat")
+    for p in $(pgrep -P "$1" || true); do
+        t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0)))
+    done
+    echo "$t"
+}
+
 # The per-round req/s ratios SIDE2/SIDE1 of a ROUNDS_FILE (as for ab_summary) as a
 # geometric mean and its 95 % interval (benches/interval.awk).
 round_interval() { # ROUNDS_FILE SIDE1 SIDE2
