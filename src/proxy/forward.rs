@@ -21,6 +21,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use super::Upstream;
+use super::idle::Idle;
 
 /// Why a forward failed.
 #[derive(Debug, thiserror::Error)]
@@ -49,39 +50,17 @@ pub type RequestBody = http_body_util::Either<Incoming, http_body_util::Full<Byt
 type Sender = SendRequest<RequestBody>;
 
 thread_local! {
-    // A handful of upstreams at most: a linear scan beats hashing the authority.
-    static POOL: RefCell<Vec<(Arc<str>, Vec<Sender>)>> = const { RefCell::new(Vec::new()) };
+    static POOL: RefCell<Idle<Sender>> = const { RefCell::new(Idle::new()) };
 }
 
 fn checkout(authority: &str) -> Option<Sender> {
-    POOL.with_borrow_mut(|pool| {
-        let (_, stack) = pool.iter_mut().find(|(a, _)| &**a == authority)?;
-        while let Some(sender) = stack.pop() {
-            if !sender.is_closed() {
-                return Some(sender);
-            }
-        }
-        None
-    })
+    POOL.with_borrow_mut(|pool| pool.take(authority, |sender| !sender.is_closed()))
 }
 
-fn checkin(authority: Arc<str>, sender: Sender, max: usize) {
-    if sender.is_closed() {
-        return;
+fn checkin(authority: &Arc<str>, sender: Sender, max: usize) {
+    if !sender.is_closed() {
+        POOL.with_borrow_mut(|pool| pool.keep(authority, sender, max));
     }
-    POOL.with_borrow_mut(|pool| {
-        let i = match pool.iter().position(|(a, _)| *a == authority) {
-            Some(i) => i,
-            None => {
-                pool.push((authority, Vec::new()));
-                pool.len() - 1
-            }
-        };
-        let stack = &mut pool[i].1;
-        if stack.len() < max {
-            stack.push(sender);
-        }
-    });
 }
 
 /// How to reach one upstream.
@@ -224,7 +203,7 @@ impl PooledBody {
 
     fn release(&mut self) {
         if let Some((sender, authority, max)) = self.sender.take() {
-            checkin(authority, sender, max);
+            checkin(&authority, sender, max);
         }
     }
 }

@@ -11,6 +11,7 @@ pub mod ext_authz;
 pub mod forward;
 pub mod h1;
 pub mod headers;
+mod idle;
 mod mcp;
 pub mod respond;
 pub mod signature;

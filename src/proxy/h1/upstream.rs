@@ -1,7 +1,7 @@
-//! The fast path's upstream connections: a per-thread stack of idle TCP connections
-//! per `host:port`, as `forward`'s pool keeps hyper's (no lock, nothing shared
-//! between workers). A connection goes back only after a whole answer was read from
-//! it and nothing more; one the upstream closed while idle is noticed and dropped.
+//! The fast path's upstream connections: idle TCP streams kept per worker thread
+//! ([`Idle`]), as `forward` keeps hyper's. A connection goes back only after a whole
+//! answer was read from it and nothing more; one the upstream closed while idle is
+//! noticed and dropped.
 
 use std::cell::RefCell;
 use std::sync::Arc;
@@ -9,21 +9,15 @@ use std::task::{Context, Poll, Waker};
 
 use tokio::net::TcpStream;
 
+use crate::proxy::idle::Idle;
+
 thread_local! {
-    static IDLE: RefCell<Vec<(Arc<str>, Vec<TcpStream>)>> = const { RefCell::new(Vec::new()) };
+    static IDLE: RefCell<Idle<TcpStream>> = const { RefCell::new(Idle::new()) };
 }
 
 /// An idle connection to `authority` that still looks open.
 pub fn checkout(authority: &str) -> Option<TcpStream> {
-    IDLE.with_borrow_mut(|pool| {
-        let (_, stack) = pool.iter_mut().find(|(a, _)| &**a == authority)?;
-        while let Some(stream) = stack.pop() {
-            if still_open(&stream) {
-                return Some(stream);
-            }
-        }
-        None
-    })
+    IDLE.with_borrow_mut(|pool| pool.take(authority, still_open))
 }
 
 /// An idle connection has nothing to read. When the runtime saw it become readable
@@ -42,17 +36,5 @@ fn still_open(stream: &TcpStream) -> bool {
 
 /// Keeps `stream` for the next request to `authority`, up to `max` per thread.
 pub fn checkin(authority: &Arc<str>, stream: TcpStream, max: usize) {
-    IDLE.with_borrow_mut(|pool| {
-        let i = match pool.iter().position(|(a, _)| a == authority) {
-            Some(i) => i,
-            None => {
-                pool.push((Arc::clone(authority), Vec::new()));
-                pool.len() - 1
-            }
-        };
-        let stack = &mut pool[i].1;
-        if stack.len() < max {
-            stack.push(stream);
-        }
-    });
+    IDLE.with_borrow_mut(|pool| pool.keep(authority, stream, max));
 }
