@@ -46,9 +46,9 @@ printf '%-5s %-3s %10s %8s\n' round bin 'req/s' 'p99 ms'
 for ((r = 1; r <= ROUNDS; r++)); do
     for side in A B; do
         if [ "$side" = A ]; then port=$PA pid=$PIDA; else port=$PB pid=$PIDB; fi
-        before=$(cpu "$pid") before_user=$(user "$pid")
+        before=$(cpu_ticks_tree "$pid") before_user=$(user "$pid")
         read -r rps p99 n < <(run "$port" "$SECS")
-        cpu_s[$side]=$(( ${cpu_s[$side]:-0} + $(cpu "$pid") - before ))
+        cpu_s[$side]=$(( ${cpu_s[$side]:-0} + $(cpu_ticks_tree "$pid") - before ))
         user_s[$side]=$(( ${user_s[$side]:-0} + $(user "$pid") - before_user ))
         reqs[$side]=$(( ${reqs[$side]:-0} + n ))
         printf '%-5s %-3s %10s %8s\n' "$r" "$side" "$rps" "$p99" | tee -a "$TMP/rounds.txt"

@@ -72,7 +72,7 @@ printf '%-5s %-8s %10s %8s\n' round side 'req/s' 'p99 ms'
 for ((r = 1; r <= ROUNDS; r++)); do
     if ((r % 2)); then order="keygate nginx"; else order="nginx keygate"; fi
     for side in $order; do
-        before=$(cpu "${pid_of[$side]}")
+        before=$(cpu_ticks_tree "${pid_of[$side]}")
         read -r busy0 total0 < <(machine)
         read -r segs0 bytes0 < <(segments)
         read -r rps p99 n < <(run "$side" "$SECS")
@@ -80,7 +80,7 @@ for ((r = 1; r <= ROUNDS; r++)); do
         read -r busy1 total1 < <(machine)
         segs_of[$side]=$(( ${segs_of[$side]:-0} + segs1 - segs0 ))
         bytes_of[$side]=$(( ${bytes_of[$side]:-0} + bytes1 - bytes0 ))
-        ticks_of[$side]=$(( ${ticks_of[$side]:-0} + $(cpu "${pid_of[$side]}") - before ))
+        ticks_of[$side]=$(( ${ticks_of[$side]:-0} + $(cpu_ticks_tree "${pid_of[$side]}") - before ))
         busy_of[$side]=$(( ${busy_of[$side]:-0} + busy1 - busy0 ))
         total_of[$side]=$(( ${total_of[$side]:-0} + total1 - total0 ))
         reqs_of[$side]=$(( ${reqs_of[$side]:-0} + n ))

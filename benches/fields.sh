@@ -43,9 +43,9 @@ printf '%-5s %-6s %10s %8s\n' round side 'req/s' 'p99 ms'
 for ((r = 1; r <= ROUNDS; r++)); do
     if ((r % 2)); then order="bare fields"; else order="fields bare"; fi
     for side in $order; do
-        before=$(cpu "$UPPID")
+        before=$(cpu_ticks_tree "$UPPID")
         read -r rps p99 n < <(run "$side" "$SECS")
-        cpu_s[$side]=$(( ${cpu_s[$side]:-0} + $(cpu "$UPPID") - before ))
+        cpu_s[$side]=$(( ${cpu_s[$side]:-0} + $(cpu_ticks_tree "$UPPID") - before ))
         reqs[$side]=$(( ${reqs[$side]:-0} + n ))
         printf '%-5s %-6s %10s %8s\n' "$r" "$side" "$rps" "$p99" | tee -a "$TMP/rounds.txt"
     done

@@ -86,6 +86,8 @@ REQ_PATH="${REQ_PATH:-/v1/orgs/acme/items/1}"
 export REQ_PATH
 
 die() { echo "load.sh: $*" >&2; exit 1; }
+# shellcheck source=benches/procstat.sh
+source "$HERE/procstat.sh"   # cpu_ticks, cpu_ticks_tree
 warn() { echo "load.sh: WARNING: $*" >&2; }
 
 [ -x "$MEASURE" ] || die "$MEASURE not found (set ANCHORS to the bench-anchors folder)"
@@ -182,24 +184,6 @@ start_anchor() {
     ANCHOR_PREFIXES+=("$prefix")
     STARTING_PORT=""
     ANCHOR_PID="$pid"
-}
-
-# utime+stime of a process (all its threads), in clock ticks.
-cpu_ticks() {
-    local stat
-    stat="$(cat "/proc/$1/stat")" || die "process $1 is gone"
-    # Fields after the ")" closing comm: state is field 3, utime 14, stime 15.
-    echo "${stat##*) }" | awk '{print $12 + $13}'
-}
-# The same for a process and its children (an nginx master and its workers).
-cpu_ticks_tree() {
-    local t c stat
-    t="$(cpu_ticks "$1")"
-    for c in $(pgrep -P "$1" || true); do
-        stat="$(cat "/proc/$c/stat" 2>/dev/null)" || continue
-        t=$((t + $(echo "${stat##*) }" | awk '{print $12 + $13}')))
-    done
-    echo "$t"
 }
 
 # Sum of the calls of the named commands in Redis' INFO commandstats.

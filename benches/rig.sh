@@ -4,6 +4,8 @@
 # temporary files in TMP, and stops every process in PIDS on exit. The caller
 # writes $TMP/keygate.toml; `key ARGS...` then creates a key with the CLI and
 # prints it.
+# shellcheck source=benches/procstat.sh
+source "$ROOT/benches/procstat.sh"
 TMP="$(mktemp -d "/tmp/kg-$NAME.XXXXXX")"
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$TMP"; }
@@ -77,17 +79,6 @@ for s in (a, b):
     print(f"{s:{w}} {med(s, 2):12.0f} {med(s, 3):13.2f} {us[s]:11.1f}")
 print(f"{b + '/' + a:{w + 1}} {med(b, 2) / med(a, 2):11.3f}x {med(b, 3) / med(a, 3):12.3f}x {us[b] / us[a]:10.3f}x")
 PY
-}
-
-# utime+stime of process PID and its children (nginx: master and workers), in clock
-# ticks; fails when PID is gone.
-cpu() { # PID
-    local t p
-    t=$(awk '{print $14 + $15}' "/proc/$1/stat")
-    for p in $(pgrep -P "$1" || true); do
-        t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0)))
-    done
-    echo "$t"
 }
 
 # The per-round req/s ratios SIDE2/SIDE1 of a ROUNDS_FILE (as for ab_summary) as a
