@@ -3,7 +3,7 @@
 //! Swapped on reload: routes, `[proxy]` upstream/timeouts/pool/`key_header`/
 //! `unmatched`/`access_log`/`fast_path`/`shutdown_grace`, `[identity]`, `[rate_limit]`, `[clients]`, `[mcp]`,
 //! `keys.revoked_status` and `quota.limit`. Fixed until restart: listen addresses, `proxy.workers`,
-//! `proxy.cpu_affinity`, `[store]`,
+//! `proxy.cpu_affinity`, `proxy.sched_policy`, `[store]`,
 //! `[redis]`, `[admin]`, `[cache]`, `[hygiene]`, `keys.prefix`/`keys.environment` and
 //! `quota.period`/`quota.on_redis_error`.
 
@@ -25,6 +25,10 @@ pub fn merge(running: &Config, new: Config) -> (Config, Vec<&'static str>) {
         new.proxy.cpu_affinity != running.proxy.cpu_affinity,
         "proxy.cpu_affinity",
     );
+    note(
+        new.proxy.sched_policy != running.proxy.sched_policy,
+        "proxy.sched_policy",
+    );
     note(new.store != running.store, "store");
     note(new.redis != running.redis, "redis");
     note(new.admin != running.admin, "admin");
@@ -45,6 +49,7 @@ pub fn merge(running: &Config, new: Config) -> (Config, Vec<&'static str>) {
         listen: running.proxy.listen,
         workers: running.proxy.workers,
         cpu_affinity: running.proxy.cpu_affinity,
+        sched_policy: running.proxy.sched_policy,
         ..new.proxy
     };
     merged.auth = new.auth;
@@ -67,16 +72,22 @@ mod tests {
     fn reloadable_settings_are_taken_and_fixed_ones_kept_and_named() {
         let running = config("[proxy]\nlisten = \"127.0.0.1:8080\"\n[quota]\nlimit = 5\n");
         let new = config(
-            "[proxy]\nlisten = \"127.0.0.1:9999\"\nresponse_timeout = \"3s\"\n\
+            "[proxy]\nlisten = \"127.0.0.1:9999\"\nresponse_timeout = \"3s\"\nsched_policy = \"batch\"\n\
              [keys]\nenvironment = \"test\"\n[quota]\nlimit = 7\nperiod = \"month\"\n\
              [[route]]\nname = \"r\"\npath = \"/r\"\n",
         );
         let (merged, fixed) = merge(&running, new);
         assert_eq!(
             fixed,
-            ["proxy.listen", "keys.prefix/keys.environment", "quota.period"]
+            [
+                "proxy.listen",
+                "proxy.sched_policy",
+                "keys.prefix/keys.environment",
+                "quota.period"
+            ]
         );
         assert_eq!(merged.proxy.listen, running.proxy.listen);
+        assert_eq!(merged.proxy.sched_policy, crate::proxy::SchedPolicy::Normal);
         assert_eq!(merged.proxy.response_timeout, std::time::Duration::from_secs(3));
         assert_eq!(merged.auth.credentials.format, running.auth.credentials.format);
         assert_eq!(merged.auth.routes.routes().len(), 1);

@@ -129,6 +129,20 @@ fn every_problem_is_reported_at_once_with_line_and_column() {
 }
 
 #[test]
+fn sched_policy_is_normal_unless_batch_is_asked_for() {
+    let parsed = |src: &str| parse(src, &env(&[])).map(|c| c.proxy.sched_policy).ok();
+    assert_eq!(parsed(""), Some(crate::proxy::SchedPolicy::Normal));
+    assert_eq!(
+        parsed("[proxy]\nsched_policy = \"batch\"\n"),
+        Some(crate::proxy::SchedPolicy::Batch)
+    );
+    assert_eq!(
+        messages("[proxy]\nsched_policy = \"fifo\"\n"),
+        ["2:16: proxy.sched_policy: `fifo` must be `normal` or `batch`"]
+    );
+}
+
+#[test]
 fn cpu_affinity_is_auto_unless_turned_off() {
     let parsed = |src: &str| parse(src, &env(&[])).map(|c| c.proxy.cpu_affinity).ok();
     assert_eq!(parsed(""), Some(crate::proxy::CpuAffinity::Auto));

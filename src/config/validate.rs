@@ -201,6 +201,16 @@ fn build(file: &File, env: &dyn Env, check: &mut Check<'_>) -> Config {
         check,
     )
     .unwrap_or_default();
+    let sched_policy = choice(
+        &p.sched_policy,
+        "proxy.sched_policy",
+        &[
+            ("normal", proxy::SchedPolicy::Normal),
+            ("batch", proxy::SchedPolicy::Batch),
+        ],
+        check,
+    )
+    .unwrap_or_default();
     let key_header = p.key_header.as_ref().and_then(|h| {
         HeaderName::from_bytes(h.get_ref().as_bytes())
             .map_err(|_| {
@@ -391,6 +401,7 @@ fn build(file: &File, env: &dyn Env, check: &mut Check<'_>) -> Config {
             listen,
             workers: p.workers,
             cpu_affinity,
+            sched_policy,
             upstreams,
             connect_timeout,
             response_timeout,

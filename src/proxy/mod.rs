@@ -14,6 +14,7 @@ pub mod headers;
 mod idle;
 mod mcp;
 pub mod respond;
+mod sched;
 pub mod signature;
 pub mod wire;
 
@@ -51,6 +52,8 @@ pub struct Settings {
     pub workers: usize,
     /// Whether workers are pinned to CPUs.
     pub cpu_affinity: CpuAffinity,
+    /// Whether the workers run under `SCHED_BATCH`.
+    pub sched_policy: SchedPolicy,
     /// Upstreams; index 0 is the default.
     pub upstreams: Vec<Upstream>,
     /// Upstream connect timeout.
@@ -233,6 +236,32 @@ impl CpuAffinity {
     }
 }
 
+/// `[proxy] sched_policy`: how the kernel schedules the workers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum SchedPolicy {
+    /// Ordinary threads (`SCHED_OTHER`).
+    #[default]
+    Normal,
+    /// `SCHED_BATCH`: a woken worker waits for the thread on its CPU to block or use
+    /// up its slice instead of preempting it. Where keygate shares its CPUs with its
+    /// client and upstream, both of which block within microseconds, the worker then
+    /// finds more events ready per wake-up and the CPUs switch less often (measured
+    /// in docs/performance.md); next to CPU-bound work a request can wait up to a
+    /// scheduler tick (4 ms at `HZ=250`) per wake-up.
+    Batch,
+}
+
+impl SchedPolicy {
+    /// Applies the policy to the calling thread; `Normal` leaves it as it is.
+    fn apply(self) {
+        if self == Self::Batch
+            && let Err(e) = sched::batch_this_thread()
+        {
+            tracing::warn!(error = %e, "cannot run a proxy worker under SCHED_BATCH; it runs as an ordinary thread");
+        }
+    }
+}
+
 /// Binds the listeners and starts the worker threads, with the listen address and
 /// worker count of the snapshot in force now.
 ///
@@ -244,9 +273,14 @@ pub fn start(
     clock: SharedClock,
     metrics: Arc<Metrics>,
 ) -> std::io::Result<Running> {
-    let (listen, workers, cpu_affinity) = {
+    let (listen, workers, cpu_affinity, sched_policy) = {
         let settings = &live.load().proxy;
-        (settings.listen, settings.workers, settings.cpu_affinity)
+        (
+            settings.listen,
+            settings.workers,
+            settings.cpu_affinity,
+            settings.sched_policy,
+        )
     };
     let workers = match workers {
         0 => std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
@@ -284,6 +318,7 @@ pub fn start(
                         "cannot pin a proxy worker to its CPU; the kernel places it"
                     );
                 }
+                sched_policy.apply();
                 let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
                     Ok(rt) => rt,
                     Err(e) => {
@@ -301,7 +336,13 @@ pub fn start(
             })?;
         threads.push(thread);
     }
-    tracing::info!(%addr, workers, pinned = cpus.is_some(), "proxy listening");
+    tracing::info!(
+        %addr,
+        workers,
+        pinned = cpus.is_some(),
+        batch = sched_policy == SchedPolicy::Batch,
+        "proxy listening"
+    );
     Ok(Running { addr, stop, threads })
 }
 
