@@ -9,6 +9,7 @@
 #   BUILD=0 benches/duel.sh               # ROUNDS=30 SECS=5, nginx with the plain client
 #   CLIENT=keys BUILD=0 benches/duel.sh   # nginx driven by the key-rotating client too
 #   AFFINITY=off BUILD=0 benches/duel.sh  # keygate's [proxy] cpu_affinity (default: auto)
+#   SCHED=batch BUILD=0 benches/duel.sh   # keygate's [proxy] sched_policy (default: normal)
 #
 # keygate: benches/ab.sh's config (embedded SQLite store, local quota, 2 workers,
 # access log off), NKEYS keys rotated by bench-anchors' wrk-keys.lua. nginx-proxy:
@@ -42,6 +43,11 @@ if [ -n "${AFFINITY:-}" ]; then
     grep -q "^cpu_affinity = \"$AFFINITY\"\$" "$TMP/keygate.toml" ||
         { echo "duel.sh: no 'workers = 2' line in items_config to put cpu_affinity after" >&2; exit 1; }
 fi
+if [ -n "${SCHED:-}" ]; then
+    sed -i "/^workers = 2\$/a sched_policy = \"$SCHED\"" "$TMP/keygate.toml"
+    grep -q "^sched_policy = \"$SCHED\"\$" "$TMP/keygate.toml" ||
+        { echo "duel.sh: no 'workers = 2' line in items_config to put sched_policy after" >&2; exit 1; }
+fi
 for ((i = 0; i < NKEYS; i++)); do key --name "duel-$i" --org acme --scopes read; done >"$TMP/keys.txt"
 RUST_LOG=warn "$T/keygate" serve --config "$TMP/keygate.toml" >"$TMP/keygate.log" 2>&1 & PIDS+=($!); KG=$!
 read -r NGINX_PID NGINX_PREFIX < <("$ANCHORS/start.sh" nginx-proxy "$NG" "$UP")
@@ -66,6 +72,7 @@ run() { # SIDE SECS: "req/s p99ms requests"
         wrk_run "$2" - "http://127.0.0.1:$NG$PATH_"
     fi
 }
+echo "keygate's workers' scheduling policies (0 SCHED_OTHER, 3 SCHED_BATCH): $(worker_policies "$KG" | tr '\n' ' ')"
 run keygate 2 >/dev/null; run nginx 2 >/dev/null   # warm L1 and both upstream pools
 declare -A ticks_of reqs_of busy_of total_of segs_of bytes_of pid_of=([keygate]=$KG [nginx]=$NGINX_PID)
 printf '%-5s %-8s %10s %8s\n' round side 'req/s' 'p99 ms'
@@ -95,4 +102,4 @@ for side in nginx keygate; do
         'BEGIN {printf "machine during %s runs: CPUs %.1f %% busy, %.1f CPU µs per request (all processes), %.2f TCP segments and %.0f IP bytes sent per request\n",
                 s, 100 * b / t, b / hz * 1e6 / n, sg / n, by / n}'
 done
-echo "client: keygate wrk-keys.lua over $NKEYS keys; nginx $([ "$CLIENT" = keys ] && echo "the same" || echo "plain wrk"); wrk -t1 -c64, $ROUNDS rounds of ${SECS}s, order alternating; keygate cpu_affinity ${AFFINITY:-auto (default)}"
+echo "client: keygate wrk-keys.lua over $NKEYS keys; nginx $([ "$CLIENT" = keys ] && echo "the same" || echo "plain wrk"); wrk -t1 -c64, $ROUNDS rounds of ${SECS}s, order alternating; keygate cpu_affinity ${AFFINITY:-auto (default)}, sched_policy ${SCHED:-normal (default)}"

@@ -19,3 +19,14 @@ cpu_ticks_tree() { # PID
     done
     echo "$t"
 }
+
+# The scheduling policy of each proxy worker thread of process PID (field 41 of its
+# stat: 0 SCHED_OTHER, 3 SCHED_BATCH), one per line.
+worker_policies() { # PID
+    local t stat
+    for t in /proc/"$1"/task/*; do
+        [[ "$(cat "$t/comm" 2>/dev/null)" == keygate-proxy* ]] || continue
+        stat="$(cat "$t/stat" 2>/dev/null)" || continue
+        echo "${stat##*) }" | awk '{print $39}'
+    done
+}
