@@ -299,24 +299,24 @@ for ((i = 1; i <= NKEYS; i++)); do
 done
 echo "load.sh: $NKEYS keys in $((SECONDS - start)) s" >&2
 
-# keygate-redis gets its own copy of the store (same keys, same ids): the two servers
+# Each other keygate gets its own copy of the store (same keys, same ids): the servers
 # then do not contend for one SQLite file nor overwrite each other's usage rows.
-for f in "$TMP/keygate.db" "$TMP/keygate.db-wal"; do
-    if [ -e "$f" ]; then cp "$f" "$TMP/keygate-redis.db${f#"$TMP/keygate.db"}"; fi
-done
+copy_store() { # NAME: $TMP/NAME.db (and its write-ahead log) from keygate.db
+    local f
+    for f in "$TMP/keygate.db" "$TMP/keygate.db-wal"; do
+        if [ -e "$f" ]; then cp "$f" "$TMP/$1.db${f#"$TMP/keygate.db"}"; fi
+    done
+}
+copy_store keygate-redis
 free_port KGA_PORT
 CFG_ACCESS="$TMP/keygate-access.toml"
 free_port ADMIN_PORT_ACCESS
-for f in "$TMP/keygate.db" "$TMP/keygate.db-wal"; do
-    if [ -e "$f" ]; then cp "$f" "$TMP/keygate-access.db${f#"$TMP/keygate.db"}"; fi
-done
+copy_store keygate-access
 write_config "$CFG_ACCESS" "$KGA_PORT" "$ADMIN_PORT_ACCESS" "$TMP/keygate-access.db"
 free_port KGB_PORT
 CFG_BATCH="$TMP/keygate-batch.toml"
 free_port ADMIN_PORT_BATCH
-for f in "$TMP/keygate.db" "$TMP/keygate.db-wal"; do
-    if [ -e "$f" ]; then cp "$f" "$TMP/keygate-batch.db${f#"$TMP/keygate.db"}"; fi
-done
+copy_store keygate-batch
 write_config "$CFG_BATCH" "$KGB_PORT" "$ADMIN_PORT_BATCH" "$TMP/keygate-batch.db"
 sed -i '/^workers = 2$/a sched_policy = "batch"' "$CFG_BATCH"
 grep -q '^sched_policy = "batch"$' "$CFG_BATCH" || die "no 'workers = 2' line in $CFG_BATCH to put sched_policy after"
