@@ -37,17 +37,15 @@ NGINX_PREFIX=""
 trap '[ -z "$NGINX_PREFIX" ] || "$ANCHORS/stop.sh" "$NGINX_PREFIX" >/dev/null 2>&1 || true; cleanup' EXIT
 NG=$(port)
 items_config "$PX" "$AD" "$TMP/keygate.db" >"$TMP/keygate.toml"
-if [ -n "${AFFINITY:-}" ]; then
-    sed -i "/^workers = 2\$/a cpu_affinity = \"$AFFINITY\"" "$TMP/keygate.toml"
-    # items_config's [proxy] is where the key goes: a run without it would measure the default.
-    grep -q "^cpu_affinity = \"$AFFINITY\"\$" "$TMP/keygate.toml" ||
-        { echo "duel.sh: no 'workers = 2' line in items_config to put cpu_affinity after" >&2; exit 1; }
-fi
-if [ -n "${SCHED:-}" ]; then
-    sed -i "/^workers = 2\$/a sched_policy = \"$SCHED\"" "$TMP/keygate.toml"
-    grep -q "^sched_policy = \"$SCHED\"\$" "$TMP/keygate.toml" ||
-        { echo "duel.sh: no 'workers = 2' line in items_config to put sched_policy after" >&2; exit 1; }
-fi
+# Puts `KEY = "VALUE"` into items_config's [proxy], after its `workers = 2` line: a run
+# without it would measure the default, so a config without that line fails the run.
+proxy_setting() { # KEY VALUE
+    sed -i "/^workers = 2\$/a $1 = \"$2\"" "$TMP/keygate.toml"
+    grep -q "^$1 = \"$2\"\$" "$TMP/keygate.toml" ||
+        { echo "duel.sh: no 'workers = 2' line in items_config to put $1 after" >&2; exit 1; }
+}
+[ -z "${AFFINITY:-}" ] || proxy_setting cpu_affinity "$AFFINITY"
+[ -z "${SCHED:-}" ] || proxy_setting sched_policy "$SCHED"
 for ((i = 0; i < NKEYS; i++)); do key --name "duel-$i" --org acme --scopes read; done >"$TMP/keys.txt"
 RUST_LOG=warn "$T/keygate" serve --config "$TMP/keygate.toml" >"$TMP/keygate.log" 2>&1 & PIDS+=($!); KG=$!
 read -r NGINX_PID NGINX_PREFIX < <("$ANCHORS/start.sh" nginx-proxy "$NG" "$UP")

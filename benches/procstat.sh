@@ -1,5 +1,5 @@
-# CPU time of processes from /proc, for the bench scripts (sourced by benches/rig.sh
-# and benches/load.sh).
+# What the bench scripts read of a process from /proc: its CPU time, its workers'
+# scheduling policies (sourced by benches/rig.sh and benches/load.sh).
 
 # utime+stime of process PID (all its threads), in clock ticks; fails when it is gone.
 cpu_ticks() { # PID

@@ -30,8 +30,9 @@ fn allowed_cpus(status_path: &std::path::Path) -> Option<Vec<usize>> {
     Some(cpu_list(list))
 }
 
-/// Where each thread of process `pid` whose name `is_worker` accepts says `read`
-/// (given the thread's `/proc` folder) has something to say.
+/// `read` of each thread of process `pid` (given the thread's `/proc` folder): of its
+/// proxy workers when `is_worker`, else of every other thread; threads `read` has
+/// nothing for are left out.
 fn threads<T>(pid: u32, is_worker: bool, read: impl Fn(&std::path::Path) -> Option<T>) -> Vec<T> {
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
         return Vec::new();
@@ -141,6 +142,7 @@ fn workers_run_under_sched_batch_only_when_asked_and_nothing_else_does() {
     assert!(line.contains("\"batch\":false"), "{line}");
 }
 
+/// The scheduling policies of `child`'s proxy workers (`workers`) or other threads.
 fn policy_of(child: &std::process::Child, workers: bool) -> Vec<u32> {
     threads(child.id(), workers, policy)
 }
