@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use arc_swap::ArcSwap;
+use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -257,16 +258,51 @@ pub struct Source {
     pub poll_interval: Duration,
 }
 
+/// The signals keygate answers, installed before anything starts: one sent while
+/// the store opens or the workers spawn is then acted on once they are up, instead
+/// of killing the process by the default action (orchestrators send SIGTERM at any
+/// moment, and the process is already listening before `start` returns).
+pub struct Signals {
+    term: Signal,
+    interrupt: Signal,
+    hangup: Signal,
+}
+
+impl Signals {
+    /// Installs the SIGTERM, SIGINT and SIGHUP handlers.
+    ///
+    /// # Errors
+    /// When a handler cannot be installed.
+    pub fn install() -> std::io::Result<Self> {
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            interrupt: signal(SignalKind::interrupt())?,
+            hangup: signal(SignalKind::hangup())?,
+        })
+    }
+
+    /// Waits for SIGTERM or SIGINT.
+    pub async fn stop(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.interrupt.recv() => {}
+        }
+    }
+}
+
 /// Runs until SIGTERM or SIGINT, then shuts down gracefully. SIGHUP, or a change to
 /// the file's content, reloads it.
 ///
 /// # Errors
 /// Start-up failures and a failed final flush.
 pub async fn serve(config: Config, source: Source, clock: SharedClock) -> anyhow::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
+    let mut signals = Signals::install()?;
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        config = %source.path.display(),
+        "starting"
+    );
     let app = start(config, clock).await?;
-    let mut term = signal(SignalKind::terminate())?;
-    let mut hangup = signal(SignalKind::hangup())?;
     // The content last seen, valid or not, so a bad file is reported once.
     let mut seen = std::fs::read(&source.path).ok();
     let poll = source.poll_interval;
@@ -279,9 +315,9 @@ pub async fn serve(config: Config, source: Source, clock: SharedClock) -> anyhow
     ticks.tick().await;
     loop {
         tokio::select! {
-            _ = term.recv() => break,
-            r = tokio::signal::ctrl_c() => { r?; break }
-            _ = hangup.recv() => {
+            _ = signals.term.recv() => break,
+            _ = signals.interrupt.recv() => break,
+            _ = signals.hangup.recv() => {
                 tracing::info!(path = %source.path.display(), "SIGHUP: reloading the config");
                 seen = std::fs::read(&source.path).ok();
                 let _ = app.reload(&source.path, &config::ProcessEnv);
@@ -299,19 +335,6 @@ pub async fn serve(config: Config, source: Source, clock: SharedClock) -> anyhow
     tracing::info!("shutting down: draining in-flight requests");
     app.shutdown().await?;
     tracing::info!("stopped");
-    Ok(())
-}
-
-/// Waits for SIGTERM or SIGINT.
-///
-/// # Errors
-/// When the signal handlers cannot be installed.
-pub async fn wait_for_signal() -> anyhow::Result<()> {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        _ = term.recv() => {}
-        r = tokio::signal::ctrl_c() => r?,
-    }
     Ok(())
 }
 

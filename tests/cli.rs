@@ -413,3 +413,44 @@ fn typo_of(key: &str) -> String {
     let last = if key.ends_with('0') { '1' } else { '0' };
     format!("{}{last}", &key[..key.len() - 1])
 }
+
+/// SIGTERM sent the moment `serve` says it is starting (before the store is open and
+/// the workers run) is acted on once start-up finishes: a drain and exit 0, not death
+/// by the signal's default action. Orchestrators send it at any moment.
+#[test]
+fn a_sigterm_during_start_up_still_ends_in_a_clean_stop() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = dir.path().join("keygate.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[proxy]\nlisten = \"127.0.0.1:0\"\nupstream = \"http://127.0.0.1:9\"\n\
+             [store]\nurl = \"sqlite://{}/keygate.db\"\n",
+            dir.path().display()
+        ),
+    )
+    .expect("write config");
+    let mut child = Command::new(BIN)
+        .args(["--log-format", "json", "serve", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", "info")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start keygate serve");
+    let stderr = child.stderr.take().expect("stderr");
+    let mut lines = BufReader::new(stderr).lines().map_while(Result::ok);
+    let first = lines.next().expect("a first line");
+    assert!(first.contains("\"starting\""), "{first}");
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    let rest: Vec<String> = lines.collect();
+    let exit = child.wait().expect("wait");
+    assert!(exit.success(), "serve exited with {exit:?}; lines: {rest:?}");
+    let said = |what: &str| rest.iter().any(|l| l.contains(what));
+    assert!(said("proxy listening"), "start-up finished: {rest:?}");
+    assert!(said("\"stopped\""), "then it stopped cleanly: {rest:?}");
+}

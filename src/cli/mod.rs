@@ -138,6 +138,7 @@ fn check_config(path: &Path) -> ExitCode {
 const QUICKSTART: &str = include_str!("../../config/quickstart.toml");
 
 async fn quickstart(listen: &str, clock: SharedClock) -> anyhow::Result<ExitCode> {
+    let mut signals = crate::app::Signals::install()?;
     let dir = std::env::temp_dir().join(format!("keygate-quickstart-{}", std::process::id()));
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let upstream = crate::demo::start(([127, 0, 0, 1], 0).into()).await?;
@@ -178,7 +179,7 @@ async fn quickstart(listen: &str, clock: SharedClock) -> anyhow::Result<ExitCode
         key = key.expose(),
         dir = dir.display(),
     );
-    crate::app::wait_for_signal().await?;
+    signals.stop().await;
     app.shutdown().await?;
     Ok(ExitCode::SUCCESS)
 }
