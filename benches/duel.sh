@@ -8,7 +8,7 @@
 #
 #   BUILD=0 benches/duel.sh               # ROUNDS=30 SECS=5, nginx with the plain client
 #   CLIENT=keys BUILD=0 benches/duel.sh   # nginx driven by the key-rotating client too
-#   AFFINITY=off BUILD=0 benches/duel.sh  # keygate's [proxy] cpu_affinity (default: auto)
+#   AFFINITY=off BUILD=0 benches/duel.sh  # keygate's [proxy] cpu_affinity (default: normal)
 #   SCHED=batch BUILD=0 benches/duel.sh   # keygate's [proxy] sched_policy (default: normal)
 #
 # keygate: benches/ab.sh's config (embedded SQLite store, local quota, 2 workers,
@@ -92,6 +92,7 @@ for ((r = 1; r <= ROUNDS; r++)); do
         printf '%-5s %-8s %10s %8s\n' "$r" "$side" "$rps" "$p99" | tee -a "$TMP/rounds.txt"
     done
 done
+echo "keygate's workers' scheduling policies after the rounds: $(worker_policies "$KG" | tr '\n' ' ')"
 ab_summary "$TMP/rounds.txt" nginx "${ticks_of[nginx]}" "${reqs_of[nginx]}" keygate "${ticks_of[keygate]}" "${reqs_of[keygate]}"
 echo "keygate/nginx req/s per round, geometric mean [95 % interval]: $(round_interval "$TMP/rounds.txt" nginx keygate)"
 for side in nginx keygate; do

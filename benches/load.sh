@@ -20,8 +20,9 @@
 #                       locally (an in-process atomic, flushed to SQLite each second),
 #                       rotating over NKEYS keys (wrk-keys.lua; warm L1 cache, TTL 30 s:
 #                       keygate's default). No Redis, no network call per request.
-#   keygate-batch       keygate-localquota with [proxy] sched_policy = "batch" (its workers
-#                       under SCHED_BATCH; own copy of the store and keys)
+#   keygate-auto        keygate-localquota with [proxy] sched_policy = "auto" (its workers
+#                       under SCHED_BATCH while their waits for a CPU stay short, as they
+#                       should here; own copy of the store and keys)
 #   keygate-accesslog   keygate-localquota with its access log on (RUST_LOG=info, keygate's
 #                       default; one human-format line per request appended to a file). The
 #                       other keygate rows log at warn, like the anchors' access_log off.
@@ -314,12 +315,12 @@ free_port ADMIN_PORT_ACCESS
 copy_store keygate-access
 write_config "$CFG_ACCESS" "$KGA_PORT" "$ADMIN_PORT_ACCESS" "$TMP/keygate-access.db"
 free_port KGB_PORT
-CFG_BATCH="$TMP/keygate-batch.toml"
-free_port ADMIN_PORT_BATCH
-copy_store keygate-batch
-write_config "$CFG_BATCH" "$KGB_PORT" "$ADMIN_PORT_BATCH" "$TMP/keygate-batch.db"
-sed -i '/^workers = 2$/a sched_policy = "batch"' "$CFG_BATCH"
-grep -q '^sched_policy = "batch"$' "$CFG_BATCH" || die "no 'workers = 2' line in $CFG_BATCH to put sched_policy after"
+CFG_AUTO="$TMP/keygate-auto.toml"
+free_port ADMIN_PORT_AUTO
+copy_store keygate-auto
+write_config "$CFG_AUTO" "$KGB_PORT" "$ADMIN_PORT_AUTO" "$TMP/keygate-auto.db"
+sed -i '/^workers = 2$/a sched_policy = "auto"' "$CFG_AUTO"
+grep -q '^sched_policy = "auto"$' "$CFG_AUTO" || die "no 'workers = 2' line in $CFG_AUTO to put sched_policy after"
 free_port KGR_PORT
 CFG_REDIS="$TMP/keygate-redis.toml"
 free_port ADMIN_PORT_REDIS
@@ -331,10 +332,10 @@ url = \"redis://127.0.0.1:$REDIS_PORT\"
 RUST_LOG=warn "$KEYGATE" --config "$CFG" serve > "$TMP/keygate.log" 2>&1 &
 KG_PID=$!; PIDS+=("$KG_PID")
 wait_http keygate-localquota "$KG_PORT" "$KG_PID" "$TMP/keygate.log"
-RUST_LOG=warn "$KEYGATE" --config "$CFG_BATCH" serve > "$TMP/keygate-batch.log" 2>&1 &
+RUST_LOG=warn "$KEYGATE" --config "$CFG_AUTO" serve > "$TMP/keygate-auto.log" 2>&1 &
 KGB_PID=$!; PIDS+=("$KGB_PID")
-wait_http keygate-batch "$KGB_PORT" "$KGB_PID" "$TMP/keygate-batch.log"
-[ "$(worker_policies "$KGB_PID" | sort -u)" = 3 ] || die "keygate-batch's workers are not under SCHED_BATCH; log: $TMP/keygate-batch.log"
+wait_http keygate-auto "$KGB_PORT" "$KGB_PID" "$TMP/keygate-auto.log"
+[ "$(worker_policies "$KGB_PID" | sort -u)" = 3 ] || die "keygate-auto's workers do not start under SCHED_BATCH; log: $TMP/keygate-auto.log"
 RUST_LOG=info "$KEYGATE" --config "$CFG_ACCESS" serve > "$TMP/keygate-access.log" 2>&1 &
 KGA_PID=$!; PIDS+=("$KGA_PID")
 wait_http keygate-accesslog "$KGA_PORT" "$KGA_PID" "$TMP/keygate-access.log"
@@ -351,7 +352,7 @@ check_auth() {
     [ "$code" = 200 ] || { echo "load.sh: $name answered $code with a valid key (expected 200)" >&2; return 1; }
 }
 check_auth keygate-localquota "$KG_PORT" "$(head -n 1 "$KEYS")" || die "keygate-localquota fails its check; log: $TMP/keygate.log"
-check_auth keygate-batch "$KGB_PORT" "$(head -n 1 "$KEYS")" || die "keygate-batch fails its check; log: $TMP/keygate-batch.log"
+check_auth keygate-auto "$KGB_PORT" "$(head -n 1 "$KEYS")" || die "keygate-auto fails its check; log: $TMP/keygate-auto.log"
 check_auth keygate-redis "$KGR_PORT" "$(head -n 1 "$KEYS")" || die "keygate-redis fails its check; log: $TMP/keygate-redis.log"
 # ... and keygate-redis really counts in Redis (a quota counter under its key prefix).
 [ -n "$(redis-cli -h 127.0.0.1 -p "$REDIS_PORT" --scan --pattern 'keygate:quota:*' | head -n 1)" ] ||
@@ -405,7 +406,7 @@ if [ "$WARMUP" != 0 ]; then
         fi
     }
     warm keygate-localquota "http://127.0.0.1:$KG_PORT$REQ_PATH" "$KEYS"
-    warm keygate-batch "http://127.0.0.1:$KGB_PORT$REQ_PATH" "$KEYS"
+    warm keygate-auto "http://127.0.0.1:$KGB_PORT$REQ_PATH" "$KEYS"
     warm keygate-accesslog "http://127.0.0.1:$KGA_PORT$REQ_PATH" "$KEYS"
     warm keygate-redis "http://127.0.0.1:$KGR_PORT$REQ_PATH" "$KEYS"
     warm bare_hop "http://127.0.0.1:$HOP_PORT$REQ_PATH"
@@ -426,7 +427,7 @@ target bare-hyper "$HOP_PORT"
 [ -n "$NGP_PID" ] && target nginx-proxy "$NGP_PORT"
 [ -n "$HAP_PID" ] && target haproxy-proxy "$HAP_PORT"
 target keygate-localquota "$KG_PORT,keys:$KEYS"
-target keygate-batch "$KGB_PORT,keys:$KEYS"
+target keygate-auto "$KGB_PORT,keys:$KEYS"
 target keygate-accesslog "$KGA_PORT,keys:$KEYS"
 target keygate-redis "$KGR_PORT,keys:$KEYS"
 [ -n "$NGL_PID" ] && target nginx-lua-redis "$NGL_PORT,keys:$ANCHOR_KEYS"
@@ -479,7 +480,7 @@ echo
 printf '%-48s %10s %12s %12s\n' process "CPU s" requests "CPU µs/req"
 printf '%-48s %10s %12s %12s\n' ------------------------------------------------ ---------- ------------ ------------
 cpu_row "keygate (keygate-localquota)" $((kg1 - kg0)) "$(requests keygate-localquota)" keygate-localquota
-cpu_row "keygate (keygate-batch)" $((kgb1 - kgb0)) "$(requests keygate-batch)" keygate-batch
+cpu_row "keygate (keygate-auto)" $((kgb1 - kgb0)) "$(requests keygate-auto)" keygate-auto
 cpu_row "keygate (keygate-accesslog)" $((kga1 - kga0)) "$(requests keygate-accesslog)"
 cpu_row "keygate (keygate-redis)" $((kgr1 - kgr0)) "$(requests keygate-redis)" keygate-redis
 if [ -n "$NGL_PID" ]; then
@@ -515,8 +516,8 @@ printf '%-40s %8s %8s %8s  %s\n' ratio req/s p99 "CPU/req" "req/s by round"
 printf '%-40s %8s %8s %8s  %s\n' ---------------------------------------- -------- -------- -------- --------------
 ratio_row keygate-localquota nginx-proxy
 ratio_row keygate-localquota haproxy-proxy
-ratio_row keygate-batch nginx-proxy
-ratio_row keygate-batch keygate-localquota
+ratio_row keygate-auto nginx-proxy
+ratio_row keygate-auto keygate-localquota
 ratio_row keygate-redis keygate-localquota
 ratio_row keygate-redis nginx-lua-redis
 ratio_row keygate-localquota bare-hyper-keys
@@ -532,12 +533,13 @@ echo
 echo "per-round req/s ratio: geometric mean [95 % interval, Student's t over the log ratios]"
 interval_row keygate-localquota nginx-proxy
 interval_row keygate-localquota haproxy-proxy
-interval_row keygate-batch nginx-proxy
-interval_row keygate-batch keygate-localquota
+interval_row keygate-auto nginx-proxy
+interval_row keygate-auto keygate-localquota
 interval_row keygate-redis keygate-localquota
 interval_row keygate-redis nginx-lua-redis
 interval_row keygate-localquota nginx-proxy-keys
 
+echo "keygate-auto's workers after the run (sched_policy \"auto\"; 3 SCHED_BATCH, 0 ordinary): $(worker_policies "$KGB_PID" | tr '\n' ' ')"
 n_kga="$(requests keygate-accesslog)"
 echo "access lines written by keygate-accesslog: $(grep -c 'keygate::access' "$TMP/keygate-access.log" || true) (completed requests: $n_kga, plus warm-up)"
 

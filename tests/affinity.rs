@@ -140,6 +140,106 @@ fn workers_run_under_sched_batch_only_when_asked_and_nothing_else_does() {
     common::terminate(child);
     assert_eq!(workers, [0, 0], "ordinary workers by default");
     assert!(line.contains("\"batch\":false"), "{line}");
+    assert!(line.contains("\"sched_policy\":\"normal\""), "{line}");
+
+    // auto: under SCHED_BATCH from the start.
+    let (child, line) = start(dir.path(), 2, "off", "sched_policy = \"auto\"\n", false);
+    let workers = wait_for_policies(&child, &[3, 3]);
+    common::terminate(child);
+    assert_eq!(workers, [3, 3], "auto workers start under SCHED_BATCH");
+    assert!(line.contains("\"sched_policy\":\"auto\""), "{line}");
+}
+
+/// The workers' policies once they read `want`, or after 10 s as they are.
+fn wait_for_policies(child: &std::process::Child, want: &[u32]) -> Vec<u32> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut workers = policy_of(child, true);
+    while workers != want && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+        workers = policy_of(child, true);
+    }
+    workers
+}
+
+/// `sched_policy = "auto"`: a worker whose CPU a busy loop also runs on waits for
+/// it under `SCHED_BATCH` at each wake-up; the guard sees the waits and puts the
+/// worker back under ordinary scheduling, and says so.
+#[test]
+fn an_auto_worker_leaves_sched_batch_while_a_busy_loop_shares_its_cpu() {
+    use std::io::{Read as _, Write as _};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let cpu = *core_affinity::get_core_ids()
+        .expect("this process's CPUs")
+        .first()
+        .expect("a CPU");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("keygate.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[proxy]\nlisten = \"127.0.0.1:0\"\nupstream = \"http://127.0.0.1:9\"\nworkers = 1\nsched_policy = \"auto\"\n\
+             [store]\nurl = \"sqlite://{}/keygate.db\"\n",
+            dir.path().display()
+        ),
+    )
+    .expect("write config");
+    // Started from a thread that runs on `cpu` only, keygate may run there only:
+    // one CPU, one worker, pinned to it.
+    let logs = Arc::new(Mutex::new(String::new()));
+    let (child, addr) = {
+        let logs = Arc::clone(&logs);
+        std::thread::spawn(move || {
+            assert!(core_affinity::set_for_current(cpu), "pin the starting thread");
+            common::serve_process(&file, "info", logs)
+        })
+        .join()
+        .expect("start keygate on one CPU")
+    };
+    assert_eq!(
+        wait_for_policies(&child, &[3]),
+        [3],
+        "auto starts under SCHED_BATCH"
+    );
+
+    let spin = Arc::new(AtomicBool::new(true));
+    let busy = {
+        let spin = Arc::clone(&spin);
+        std::thread::spawn(move || {
+            assert!(core_affinity::set_for_current(cpu), "pin the busy loop");
+            let mut n = 0_u64;
+            while spin.load(Ordering::Relaxed) {
+                n = std::hint::black_box(n.wrapping_add(1));
+            }
+        })
+    };
+    // Requests without a key, answered by keygate itself, wake the worker.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut workers = policy_of(&child, true);
+    while workers != [0] && Instant::now() < deadline {
+        let mut stream = std::net::TcpStream::connect(&addr).expect("connect");
+        stream
+            .write_all(b"GET /v1/items HTTP/1.1\r\nHost: kg\r\nConnection: close\r\n\r\n")
+            .expect("send");
+        let mut answer = Vec::new();
+        stream.read_to_end(&mut answer).expect("answer");
+        assert!(
+            answer.starts_with(b"HTTP/1.1 4"),
+            "{}",
+            String::from_utf8_lossy(&answer)
+        );
+        std::thread::sleep(Duration::from_millis(2));
+        workers = policy_of(&child, true);
+    }
+    spin.store(false, Ordering::Relaxed);
+    busy.join().expect("busy loop");
+    common::terminate(child);
+    assert_eq!(workers, [0], "the worker left SCHED_BATCH next to the busy loop");
+    let logs = logs.lock().expect("logs");
+    assert!(
+        logs.lines()
+            .any(|l| l.contains("ordinary scheduling for a while") && l.contains("\"hold_s\":30")),
+        "{logs}"
+    );
 }
 
 /// The scheduling policies of `child`'s proxy workers (`workers`) or other threads.

@@ -129,16 +129,17 @@ fn every_problem_is_reported_at_once_with_line_and_column() {
 }
 
 #[test]
-fn sched_policy_is_normal_unless_batch_is_asked_for() {
+fn sched_policy_is_normal_unless_auto_or_batch_is_asked_for() {
+    use crate::proxy::SchedPolicy;
     let parsed = |src: &str| parse(src, &env(&[])).map(|c| c.proxy.sched_policy).ok();
-    assert_eq!(parsed(""), Some(crate::proxy::SchedPolicy::Normal));
-    assert_eq!(
-        parsed("[proxy]\nsched_policy = \"batch\"\n"),
-        Some(crate::proxy::SchedPolicy::Batch)
-    );
+    assert_eq!(parsed(""), Some(SchedPolicy::Normal));
+    for policy in [SchedPolicy::Normal, SchedPolicy::Auto, SchedPolicy::Batch] {
+        let src = format!("[proxy]\nsched_policy = \"{}\"\n", policy.name());
+        assert_eq!(parsed(&src), Some(policy));
+    }
     assert_eq!(
         messages("[proxy]\nsched_policy = \"fifo\"\n"),
-        ["2:16: proxy.sched_policy: `fifo` must be `normal` or `batch`"]
+        ["2:16: proxy.sched_policy: `fifo` must be `normal`, `auto` or `batch`"]
     );
 }
 

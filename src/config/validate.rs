@@ -206,6 +206,7 @@ fn build(file: &File, env: &dyn Env, check: &mut Check<'_>) -> Config {
         "proxy.sched_policy",
         &[
             ("normal", proxy::SchedPolicy::Normal),
+            ("auto", proxy::SchedPolicy::Auto),
             ("batch", proxy::SchedPolicy::Batch),
         ],
         check,

@@ -239,6 +239,12 @@ impl CpuAffinity {
 /// `[proxy] sched_policy`: how the kernel schedules the workers.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum SchedPolicy {
+    /// `SCHED_BATCH` while it pays, ordinary scheduling while it does not: a guard
+    /// on the control runtime reads each worker's waits for its CPU once a second
+    /// and takes a worker off `SCHED_BATCH` while they show CPU-bound work next to
+    /// it (see [`sched`]'s module docs), trying again after a hold of 30 s that
+    /// doubles, up to 15 min, while the neighbour stays.
+    Auto,
     /// Ordinary threads (`SCHED_OTHER`).
     #[default]
     Normal,
@@ -247,18 +253,44 @@ pub enum SchedPolicy {
     /// client and upstream, both of which block within microseconds, the worker then
     /// finds more events ready per wake-up and the CPUs switch less often (measured
     /// in docs/performance.md); next to CPU-bound work a request can wait up to a
-    /// scheduler tick (4 ms at `HZ=250`) per wake-up.
+    /// scheduler slice (milliseconds) per wake-up.
     Batch,
 }
 
 impl SchedPolicy {
-    /// Applies the policy to the calling thread; `Normal` leaves it as it is.
-    fn apply(self) {
-        if self == Self::Batch
-            && let Err(e) = sched::batch_this_thread()
-        {
-            tracing::warn!(error = %e, "cannot run a proxy worker under SCHED_BATCH; it runs as an ordinary thread");
+    /// The policy's name in the config file.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Normal => "normal",
+            Self::Batch => "batch",
         }
+    }
+
+    /// Applies the policy to the calling thread, a worker that is starting;
+    /// `Normal` leaves it as it is. Returns the thread's id for the `auto` guard:
+    /// `None` (and an ordinary thread) when the guard could not watch it, as where
+    /// the kernel keeps no scheduler counts.
+    fn apply(self) -> Option<u32> {
+        let id = match self {
+            Self::Normal => return None,
+            Self::Batch => None,
+            Self::Auto => {
+                let id = sched::watchable_thread_id();
+                if id.is_none() {
+                    tracing::warn!(
+                        "cannot read a proxy worker's scheduler counts (/proc/thread-self/schedstat); with sched_policy = \"auto\" it runs as an ordinary thread"
+                    );
+                    return None;
+                }
+                id
+            }
+        };
+        if let Err(e) = sched::set(0, sched::Policy::Batch) {
+            tracing::warn!(error = %e, "cannot run a proxy worker under SCHED_BATCH; it runs as an ordinary thread");
+            return None;
+        }
+        id
     }
 }
 
@@ -303,9 +335,12 @@ pub fn start(
         mcp: Arc::default(),
     });
     let mut threads = Vec::with_capacity(workers);
+    // Each worker's thread id, for the `auto` scheduling guard.
+    let (ids, worker_ids) = std::sync::mpsc::channel();
     for (i, listener) in listeners.into_iter().enumerate() {
         let shared = Arc::clone(&shared);
         let stopped = stopped.clone();
+        let ids = ids.clone();
         let cpu = cpus.as_ref().and_then(|cpus| cpus.get(i).copied());
         let thread = std::thread::Builder::new()
             .name(format!("keygate-proxy-{i}"))
@@ -318,7 +353,7 @@ pub fn start(
                         "cannot pin a proxy worker to its CPU; the kernel places it"
                     );
                 }
-                sched_policy.apply();
+                let _ = ids.send((i, sched_policy.apply()));
                 let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
                     Ok(rt) => rt,
                     Err(e) => {
@@ -336,14 +371,36 @@ pub fn start(
             })?;
         threads.push(thread);
     }
+    drop(ids);
+    if sched_policy == SchedPolicy::Auto {
+        start_sched_guard(&worker_ids, workers, stopped);
+    }
     tracing::info!(
         %addr,
         workers,
         pinned = cpus.is_some(),
-        batch = sched_policy == SchedPolicy::Batch,
+        batch = sched_policy != SchedPolicy::Normal,
+        sched_policy = sched_policy.name(),
         "proxy listening"
     );
     Ok(Running { addr, stop, threads })
+}
+
+/// Collects the thread ids the workers send once under their policy and starts
+/// [`sched::guard`] over those under `SCHED_BATCH` on the calling (control)
+/// runtime. A worker that sent none runs as an ordinary thread (it said why).
+fn start_sched_guard(
+    worker_ids: &std::sync::mpsc::Receiver<(usize, Option<u32>)>,
+    workers: usize,
+    stopped: watch::Receiver<bool>,
+) {
+    let ids: Vec<(usize, u32)> = (0..workers)
+        .map_while(|_| worker_ids.recv_timeout(Duration::from_secs(5)).ok())
+        .filter_map(|(worker, id)| Some((worker, id?)))
+        .collect();
+    if !ids.is_empty() {
+        tokio::spawn(sched::guard(ids, stopped));
+    }
 }
 
 /// Hands the worker's collected log lines to the writer
