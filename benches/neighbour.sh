@@ -11,7 +11,10 @@
 # and the upstream are pinned to CPU 1, so the requests worker 0 serves meet the busy
 # loop and the rest do not. Each round runs every policy once, in turn. Prints each
 # run's req/s and wrk's p50/p90/p99, then the medians per policy, and the workers'
-# policies (0 ordinary, 3 SCHED_BATCH) of the auto keygate after each of its runs.
+# policies (0 ordinary, 3 SCHED_BATCH) of each keygate after its run. The auto
+# keygate runs all along, so its rounds show its steady state: worker 0 falls back in
+# the warm-up and holds (30 s, then 60 s, ...), with a second of SCHED_BATCH at each
+# retry; that is what an operator's keygate next to a busy neighbour does.
 # An ad hoc measurement, not a load table: quote its figures next to each other.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -59,6 +62,7 @@ printf '%-5s %-7s %9s %8s %8s %8s  %s\n' round policy 'req/s' 'p50 ms' 'p90 ms' 
 for ((r = 1; r <= ROUNDS; r++)); do
     for policy in "${POLICIES[@]}"; do
         read -r rps p50 p90 p99 < <(run "$policy")
+        [ "${rps:-0}" != 0 ] || { echo "neighbour.sh: the $policy keygate served nothing; log: $TMP/$policy.log" >&2; exit 1; }
         printf '%-5s %-7s %9s %8s %8s %8s  %s\n' "$r" "$policy" "$rps" "$p50" "$p90" "$p99" \
             "$(worker_policies "${PID[$policy]}" | tr '\n' ' ')" | tee -a "$TMP/rounds.txt"
     done

@@ -258,10 +258,10 @@ pub struct Source {
     pub poll_interval: Duration,
 }
 
-/// The signals keygate answers, installed before anything starts: one sent while
-/// the store opens or the workers spawn is then acted on once they are up, instead
-/// of killing the process by the default action (orchestrators send SIGTERM at any
-/// moment, and the process is already listening before `start` returns).
+/// The signals keygate answers, installed before the store opens and the workers
+/// start: one sent meanwhile is acted on, instead of killing the process by the
+/// default action (orchestrators send SIGTERM at any moment, and the process is
+/// already listening before `start` returns).
 pub struct Signals {
     term: Signal,
     interrupt: Signal,
@@ -288,6 +288,16 @@ impl Signals {
             _ = self.interrupt.recv() => {}
         }
     }
+
+    /// Waits for SIGTERM, SIGINT or SIGHUP: the end of a terminal session
+    /// (`keygate quickstart`, which has no file to reload).
+    pub async fn stop_or_hangup(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.interrupt.recv() => {}
+            _ = self.hangup.recv() => {}
+        }
+    }
 }
 
 /// Runs until SIGTERM or SIGINT, then shuts down gracefully. SIGHUP, or a change to
@@ -302,7 +312,14 @@ pub async fn serve(config: Config, source: Source, clock: SharedClock) -> anyhow
         config = %source.path.display(),
         "starting"
     );
-    let app = start(config, clock).await?;
+    // A stop asked for during start-up ends it there (what was opened is dropped).
+    let app = tokio::select! {
+        app = start(config, clock) => app?,
+        () = signals.stop() => {
+            tracing::info!("stopped during start-up");
+            return Ok(());
+        }
+    };
     // The content last seen, valid or not, so a bad file is reported once.
     let mut seen = std::fs::read(&source.path).ok();
     let poll = source.poll_interval;

@@ -232,14 +232,20 @@ fn an_auto_worker_leaves_sched_batch_while_a_busy_loop_shares_its_cpu() {
     }
     spin.store(false, Ordering::Relaxed);
     busy.join().expect("busy loop");
+    // The line is logged before the change; it reaches `logs` through a pipe.
+    let said = || {
+        logs.lock()
+            .expect("logs")
+            .lines()
+            .any(|l| l.contains("ordinary scheduling for a while") && l.contains("\"hold_s\":30"))
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !said() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
     common::terminate(child);
     assert_eq!(workers, [0], "the worker left SCHED_BATCH next to the busy loop");
-    let logs = logs.lock().expect("logs");
-    assert!(
-        logs.lines()
-            .any(|l| l.contains("ordinary scheduling for a while") && l.contains("\"hold_s\":30")),
-        "{logs}"
-    );
+    assert!(said(), "{}", logs.lock().expect("logs"));
 }
 
 /// The scheduling policies of `child`'s proxy workers (`workers`) or other threads.

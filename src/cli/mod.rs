@@ -179,7 +179,7 @@ async fn quickstart(listen: &str, clock: SharedClock) -> anyhow::Result<ExitCode
         key = key.expose(),
         dir = dir.display(),
     );
-    signals.stop().await;
+    signals.stop_or_hangup().await;
     app.shutdown().await?;
     Ok(ExitCode::SUCCESS)
 }

@@ -335,8 +335,12 @@ pub fn start(
         mcp: Arc::default(),
     });
     let mut threads = Vec::with_capacity(workers);
-    // Each worker's thread id, for the `auto` scheduling guard.
-    let (ids, worker_ids) = std::sync::mpsc::channel();
+    // `auto`: each worker under SCHED_BATCH sends its thread id to the guard.
+    let ids = (sched_policy == SchedPolicy::Auto).then(|| {
+        let (ids, workers) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(sched::guard(workers, stopped.clone()));
+        ids
+    });
     for (i, listener) in listeners.into_iter().enumerate() {
         let shared = Arc::clone(&shared);
         let stopped = stopped.clone();
@@ -353,7 +357,9 @@ pub fn start(
                         "cannot pin a proxy worker to its CPU; the kernel places it"
                     );
                 }
-                let _ = ids.send((i, sched_policy.apply()));
+                if let (Some(ids), Some(id)) = (ids, sched_policy.apply()) {
+                    let _ = ids.send((i, id));
+                }
                 let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
                     Ok(rt) => rt,
                     Err(e) => {
@@ -371,10 +377,6 @@ pub fn start(
             })?;
         threads.push(thread);
     }
-    drop(ids);
-    if sched_policy == SchedPolicy::Auto {
-        start_sched_guard(&worker_ids, workers, stopped);
-    }
     tracing::info!(
         %addr,
         workers,
@@ -384,23 +386,6 @@ pub fn start(
         "proxy listening"
     );
     Ok(Running { addr, stop, threads })
-}
-
-/// Collects the thread ids the workers send once under their policy and starts
-/// [`sched::guard`] over those under `SCHED_BATCH` on the calling (control)
-/// runtime. A worker that sent none runs as an ordinary thread (it said why).
-fn start_sched_guard(
-    worker_ids: &std::sync::mpsc::Receiver<(usize, Option<u32>)>,
-    workers: usize,
-    stopped: watch::Receiver<bool>,
-) {
-    let ids: Vec<(usize, u32)> = (0..workers)
-        .map_while(|_| worker_ids.recv_timeout(Duration::from_secs(5)).ok())
-        .filter_map(|(worker, id)| Some((worker, id?)))
-        .collect();
-    if !ids.is_empty() {
-        tokio::spawn(sched::guard(ids, stopped));
-    }
 }
 
 /// Hands the worker's collected log lines to the writer

@@ -1,23 +1,12 @@
 //! The workers' scheduling policy (`[proxy] sched_policy`): the one system call
-//! keygate makes through `libc` itself, because no maintained crate wraps
-//! `sched_setscheduler` without also resetting the thread's nice value; and, for
-//! `auto`, the guard that takes a worker off `SCHED_BATCH` while CPU-bound work
-//! shares its CPU.
-//!
-//! Why a guard: a worker under `SCHED_BATCH` woken by a socket does not preempt the
-//! thread running on its CPU. Next to its client and upstream, which block within
-//! microseconds, it then finds more events ready per wake-up (fewer switches, more
-//! requests per CPU); next to a thread that never blocks, each wake-up can wait for
-//! the rest of that thread's slice, milliseconds. The kernel counts, per thread, the
-//! time spent runnable but waiting for a CPU and how many times it got one
-//! (`/proc/self/task/TID/schedstat`), so the guard reads that once a second: a mean
-//! wait per run above [`WAIT_LIMIT`] means the CPU is shared with work that does
-//! not yield, and the worker goes back to ordinary scheduling (wake-up preemption)
-//! for a while, then tries again.
+//! keygate makes through `libc` itself (no maintained crate wraps
+//! `sched_setscheduler` without also resetting the thread's nice value), and the
+//! `auto` guard that takes a worker off `SCHED_BATCH` while CPU-bound work shares
+//! its CPU. Which policy a worker starts under is `proxy::SchedPolicy`'s.
 
 use std::time::{Duration, Instant};
 
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 /// A mean wait for the CPU per run above this, under `SCHED_BATCH`, takes the
 /// worker back to ordinary scheduling. Measured on two CPUs at `HZ=250`: 20–160 µs
@@ -79,12 +68,13 @@ pub(super) fn set(_tid: u32, _policy: Policy) -> std::io::Result<()> {
 }
 
 /// The calling thread's id, from the kernel's `/proc/thread-self` link
-/// (`PID/task/TID`), when its scheduler counts can be read too (kernels built
-/// without `CONFIG_SCHED_INFO` keep none).
+/// (`PID/task/TID`), when its scheduler counts can be read too: kernels built
+/// without `CONFIG_SCHED_INFO` have no such file, and a running thread that has
+/// never been counted as run means the counts are off.
 pub(super) fn watchable_thread_id() -> Option<u32> {
     let link = std::fs::read_link("/proc/thread-self").ok()?;
     let id = link.file_name()?.to_str()?.parse().ok()?;
-    counts(id).map(|_| id)
+    counts(id).filter(|c| c.runs > 0).map(|_| id)
 }
 
 /// A thread's run counts: total time waiting for a CPU while runnable, and how
@@ -179,13 +169,26 @@ impl Watch {
     }
 }
 
-/// `sched_policy = "auto"`: every [`EVERY`], reads each worker's counts and moves it
-/// between `SCHED_BATCH` and ordinary scheduling as [`Watch::observe`] says, until
-/// `stopped`. When the counts cannot be read or the system refuses a change, the
-/// workers are made ordinary and the guard ends.
-pub(super) async fn guard(workers: Vec<(usize, u32)>, mut stopped: watch::Receiver<bool>) {
-    let start = Instant::now();
-    let mut watches: Vec<Watch> = workers.iter().map(|_| Watch::new(start)).collect();
+/// `sched_policy = "auto"`: every [`EVERY`], reads the counts of each worker that
+/// sent its id on `workers` (its index and thread id, once it runs under
+/// `SCHED_BATCH`) and moves it between `SCHED_BATCH` and ordinary scheduling as
+/// [`Watch::observe`] says, until `stopped`.
+///
+/// Why: a worker under `SCHED_BATCH` woken by a socket does not preempt the thread
+/// running on its CPU. Next to its client and upstream, which block within
+/// microseconds, it then finds more events ready per wake-up (fewer switches, more
+/// requests per CPU); next to a thread that does not block, each wake-up can wait
+/// for the rest of that thread's slice, milliseconds. The kernel counts per thread
+/// the time spent runnable but waiting for a CPU and the runs, so a mean wait per
+/// run above [`WAIT_LIMIT`] shows work on the CPU that does not yield.
+///
+/// When a worker's counts cannot be read or the system refuses a change, every
+/// watched worker still in this process is made ordinary and the guard ends.
+pub(super) async fn guard(
+    mut workers: mpsc::UnboundedReceiver<(usize, u32)>,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let mut watched: Vec<(usize, u32, Watch)> = Vec::new();
     let mut ticks = tokio::time::interval(EVERY);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -194,11 +197,16 @@ pub(super) async fn guard(workers: Vec<(usize, u32)>, mut stopped: watch::Receiv
             _ = stopped.changed() => return,
         }
         let now = Instant::now();
-        for (&(worker, tid), watch) in workers.iter().zip(&mut watches) {
-            if let Err(e) = step(worker, tid, watch, now) {
-                tracing::warn!(worker, error = %e, "sched_policy = \"auto\" cannot watch the proxy workers; they run as ordinary threads from now on");
-                for &(_, tid) in &workers {
-                    let _ = set(tid, Policy::Ordinary);
+        while let Ok((worker, tid)) = workers.try_recv() {
+            watched.push((worker, tid, Watch::new(now)));
+        }
+        for (worker, tid, watch) in &mut watched {
+            if let Err(e) = step(*worker, *tid, watch, now) {
+                tracing::warn!(worker = *worker, error = %e, "sched_policy = \"auto\" cannot watch the proxy workers; they run as ordinary threads from now on");
+                for &(_, tid, _) in &watched {
+                    if is_ours(tid) {
+                        let _ = set(tid, Policy::Ordinary);
+                    }
                 }
                 return;
             }
@@ -206,7 +214,14 @@ pub(super) async fn guard(workers: Vec<(usize, u32)>, mut stopped: watch::Receiv
     }
 }
 
-/// One reading of worker `worker` (thread `tid`) and the change it calls for.
+/// Whether thread `tid` is one of this process's: an id is only a worker's while
+/// that thread lives, and a later thread of any process may get it.
+fn is_ours(tid: u32) -> bool {
+    std::path::Path::new(&format!("/proc/self/task/{tid}")).exists()
+}
+
+/// One reading of worker `worker` (thread `tid`, whose counts under
+/// `/proc/self/task` also prove it is still ours) and the change it calls for.
 fn step(worker: usize, tid: u32, watch: &mut Watch, now: Instant) -> std::io::Result<()> {
     let counts = counts(tid).ok_or_else(|| std::io::Error::other("no scheduler counts"))?;
     match watch.observe(counts, now) {
@@ -228,101 +243,4 @@ fn step(worker: usize, tid: u32, watch: &mut Watch, now: Instant) -> std::io::Re
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn counts(waited_ms: u64, runs: u64) -> Counts {
-        Counts {
-            waited: Duration::from_millis(waited_ms),
-            runs,
-        }
-    }
-
-    #[test]
-    fn short_waits_keep_batch_and_long_ones_fall_back_for_a_doubling_hold() {
-        let t0 = Instant::now();
-        let s = Duration::from_secs;
-        let mut w = Watch::new(t0);
-        assert_eq!(
-            w.observe(counts(0, 0), t0),
-            None,
-            "the first reading is a baseline"
-        );
-        // 1,000 runs waiting 50 ms in all: 50 µs each.
-        assert_eq!(w.observe(counts(50, 1_000), t0 + s(1)), None);
-        // Too few runs to judge yet, however long they waited.
-        assert_eq!(w.observe(counts(70, 1_004), t0 + s(2)), None);
-        // 10 more runs (14 since the last judged reading) that waited 28 ms: 2 ms each.
-        assert_eq!(
-            w.observe(counts(78, 1_014), t0 + s(3)),
-            Some(Change::Ordinary {
-                waited: Duration::from_millis(2),
-                hold: FIRST_HOLD
-            })
-        );
-        // Held ordinary, whatever the counts say, until the hold is over.
-        assert_eq!(w.observe(counts(78, 5_000), t0 + s(4)), None);
-        let back = t0 + s(3) + FIRST_HOLD;
-        assert_eq!(w.observe(counts(78, 9_000), back - s(1)), None);
-        assert_eq!(w.observe(counts(78, 9_000), back), Some(Change::Batch));
-        // After a change the next reading is a new baseline: waits under
-        // ordinary scheduling do not count.
-        assert_eq!(w.observe(counts(1_000, 9_010), back + s(1)), None);
-        assert_eq!(
-            w.observe(counts(1_100, 9_060), back + s(2)),
-            Some(Change::Ordinary {
-                waited: Duration::from_millis(2),
-                hold: FIRST_HOLD * 2
-            }),
-            "a second fall-back holds twice as long"
-        );
-    }
-
-    #[test]
-    fn the_hold_stops_doubling_at_its_cap_and_starts_again_after_a_long_quiet_spell() {
-        let t0 = Instant::now();
-        let mut w = Watch::new(t0);
-        let mut now = t0;
-        let mut runs = 0;
-        let mut holds = Vec::new();
-        for _ in 0..8 {
-            assert_eq!(w.observe(counts(0, runs), now), None);
-            runs += 10;
-            match w.observe(counts(100 * runs, runs), now) {
-                Some(Change::Ordinary { hold, .. }) => holds.push(hold.as_secs()),
-                other => panic!("expected a fall-back, got {other:?}"),
-            }
-            now += w.at.duration_since(now);
-            assert_eq!(w.observe(counts(0, runs), now), Some(Change::Batch));
-        }
-        assert_eq!(holds, [30, 60, 120, 240, 480, 900, 900, 900]);
-        // SCHED_BATCH that holds for MAX_HOLD without a fall-back: back to the
-        // first hold.
-        assert_eq!(w.observe(counts(0, runs), now), None);
-        now += MAX_HOLD;
-        runs += 10;
-        assert_eq!(w.observe(counts(0, runs), now), None);
-        runs += 10;
-        assert_eq!(
-            w.observe(counts(100 * runs, runs), now),
-            Some(Change::Ordinary {
-                waited: Duration::from_millis(100 * runs) / 10,
-                hold: FIRST_HOLD
-            })
-        );
-    }
-
-    #[test]
-    fn the_thread_id_names_this_thread_and_its_counts_grow() {
-        let tid = watchable_thread_id().expect("a thread id with counts");
-        let comm = std::fs::read_to_string(format!("/proc/self/task/{tid}/comm")).expect("comm");
-        let name = std::thread::current()
-            .name()
-            .map(|n| n.chars().take(15).collect::<String>());
-        assert_eq!(Some(comm.trim().to_owned()), name, "the calling thread");
-        let before = super::counts(tid).expect("schedstat");
-        std::thread::sleep(Duration::from_millis(5));
-        let after = super::counts(tid).expect("schedstat");
-        assert!(after.runs > before.runs, "{before:?} {after:?}");
-    }
-}
+mod tests;
