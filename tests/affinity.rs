@@ -60,16 +60,21 @@ fn policy(task: &std::path::Path) -> Option<u32> {
     rest.split_whitespace().nth(41 - 3)?.parse().ok()
 }
 
+/// A `keygate serve` that [`start`] started.
+struct Started {
+    child: std::process::Child,
+    /// Its start-up line.
+    line: String,
+    /// The address it listens on.
+    addr: String,
+    /// Its log lines so far, JSON at `info`.
+    logs: Arc<Mutex<String>>,
+}
+
 /// Starts `keygate serve` with `workers` workers, `cpu_affinity` and the `[proxy]`
-/// lines `extra`; returns the process once all workers run (and, when `pinned`,
-/// have pinned themselves) and its start-up line.
-fn start(
-    dir: &std::path::Path,
-    workers: usize,
-    affinity: &str,
-    extra: &str,
-    pinned: bool,
-) -> (std::process::Child, String) {
+/// lines `extra`; returns once all workers run (and, when `pinned`, have pinned
+/// themselves).
+fn start(dir: &std::path::Path, workers: usize, affinity: &str, extra: &str, pinned: bool) -> Started {
     let file = dir.join("keygate.toml");
     std::fs::write(
         &file,
@@ -81,7 +86,7 @@ fn start(
     )
     .expect("write config");
     let logs = Arc::new(Mutex::new(String::new()));
-    let (child, _) = common::serve_process(&file, "info", Arc::clone(&logs));
+    let (child, addr) = common::serve_process(&file, "info", Arc::clone(&logs));
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let cpus = workers_cpus(child.id());
@@ -95,7 +100,12 @@ fn start(
             && cpus.len() == workers
             && (!pinned || cpus.iter().all(|c| c.len() == 1))
         {
-            return (child, line);
+            return Started {
+                child,
+                line,
+                addr,
+                logs,
+            };
         }
         assert!(
             Instant::now() < deadline,
@@ -109,7 +119,7 @@ fn start(
 /// start-up line said they were pinned.
 fn serve(workers: usize, affinity: &str, pinned: bool) -> (Vec<Vec<usize>>, bool) {
     let dir = tempfile::tempdir().expect("temp dir");
-    let (child, line) = start(dir.path(), workers, affinity, "", pinned);
+    let Started { child, line, .. } = start(dir.path(), workers, affinity, "", pinned);
     let cpus = workers_cpus(child.id());
     common::terminate(child);
     (cpus, line.contains("\"pinned\":true"))
@@ -118,14 +128,9 @@ fn serve(workers: usize, affinity: &str, pinned: bool) -> (Vec<Vec<usize>>, bool
 #[test]
 fn workers_run_under_sched_batch_only_when_asked_and_nothing_else_does() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let (child, line) = start(dir.path(), 2, "off", "sched_policy = \"batch\"\n", false);
+    let Started { child, line, .. } = start(dir.path(), 2, "off", "sched_policy = \"batch\"\n", false);
     // A worker sets its policy first thing, but after the start-up line may be out.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut workers = policy_of(&child, true);
-    while workers != [3, 3] && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-        workers = policy_of(&child, true);
-    }
+    let workers = wait_for_policies(&child, &[3, 3]);
     let others = policy_of(&child, false);
     common::terminate(child);
     assert_eq!(workers, [3, 3], "both workers under SCHED_BATCH");
@@ -135,7 +140,7 @@ fn workers_run_under_sched_batch_only_when_asked_and_nothing_else_does() {
         "the other threads stay ordinary: {others:?}"
     );
 
-    let (child, line) = start(dir.path(), 2, "off", "", false);
+    let Started { child, line, .. } = start(dir.path(), 2, "off", "", false);
     let workers = policy_of(&child, true);
     common::terminate(child);
     assert_eq!(workers, [0, 0], "ordinary workers by default");
@@ -143,7 +148,7 @@ fn workers_run_under_sched_batch_only_when_asked_and_nothing_else_does() {
     assert!(line.contains("\"sched_policy\":\"normal\""), "{line}");
 
     // auto: under SCHED_BATCH from the start.
-    let (child, line) = start(dir.path(), 2, "off", "sched_policy = \"auto\"\n", false);
+    let Started { child, line, .. } = start(dir.path(), 2, "off", "sched_policy = \"auto\"\n", false);
     let workers = wait_for_policies(&child, &[3, 3]);
     common::terminate(child);
     assert_eq!(workers, [3, 3], "auto workers start under SCHED_BATCH");
@@ -173,24 +178,15 @@ fn an_auto_worker_leaves_sched_batch_while_a_busy_loop_shares_its_cpu() {
         .first()
         .expect("a CPU");
     let dir = tempfile::tempdir().expect("temp dir");
-    let file = dir.path().join("keygate.toml");
-    std::fs::write(
-        &file,
-        format!(
-            "[proxy]\nlisten = \"127.0.0.1:0\"\nupstream = \"http://127.0.0.1:9\"\nworkers = 1\nsched_policy = \"auto\"\n\
-             [store]\nurl = \"sqlite://{}/keygate.db\"\n",
-            dir.path().display()
-        ),
-    )
-    .expect("write config");
     // Started from a thread that runs on `cpu` only, keygate may run there only:
     // one CPU, one worker, pinned to it.
-    let logs = Arc::new(Mutex::new(String::new()));
-    let (child, addr) = {
-        let logs = Arc::clone(&logs);
+    let Started {
+        child, addr, logs, ..
+    } = {
+        let dir = dir.path().to_owned();
         std::thread::spawn(move || {
             assert!(core_affinity::set_for_current(cpu), "pin the starting thread");
-            common::serve_process(&file, "info", logs)
+            start(&dir, 1, "auto", "sched_policy = \"auto\"\n", true)
         })
         .join()
         .expect("start keygate on one CPU")

@@ -68,8 +68,9 @@ pub struct Proxy {
     /// Linux's `SCHED_BATCH`, so a worker woken by a socket does not preempt the
     /// thread running on its CPU but takes its turn, and serves more events per
     /// wake-up. More requests per second per CPU where keygate shares its cores with
-    /// its client and upstream; up to a scheduler tick more latency per request
-    /// where it shares them with CPU-bound work.
+    /// its client and upstream; up to a scheduler slice more latency per wake-up
+    /// where it shares them with CPU-bound work. `auto`: `batch`, with each worker
+    /// back under ordinary scheduling while its waits for its CPU show such work.
     pub sched_policy: Spanned<String>,
     /// Time to connect to the upstream before answering 502. Default `5s`.
     pub connect_timeout: Spanned<String>,

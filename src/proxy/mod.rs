@@ -52,7 +52,7 @@ pub struct Settings {
     pub workers: usize,
     /// Whether workers are pinned to CPUs.
     pub cpu_affinity: CpuAffinity,
-    /// Whether the workers run under `SCHED_BATCH`.
+    /// How the kernel schedules the workers.
     pub sched_policy: SchedPolicy,
     /// Upstreams; index 0 is the default.
     pub upstreams: Vec<Upstream>,

@@ -12,7 +12,7 @@ use tokio::sync::{mpsc, watch};
 /// worker back to ordinary scheduling. Measured on two CPUs at `HZ=250`: 20–160 µs
 /// per run under full load next to wrk and an upstream (under either policy);
 /// 1.8 ms next to a busy loop on the worker's CPU.
-pub(super) const WAIT_LIMIT: Duration = Duration::from_micros(500);
+const WAIT_LIMIT: Duration = Duration::from_micros(500);
 /// Runs needed before a mean is judged; a quiet worker's runs add up over several
 /// seconds.
 const MIN_RUNS: u64 = 8;
